@@ -1,0 +1,91 @@
+"""``opmix <command>``: pretrain, demo. Bad input exits with code 2 and one line naming the problem and the fix."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import shutil
+import sys
+from datetime import datetime
+from pathlib import Path
+
+from opmix.errors import OpmixError
+
+log = logging.getLogger("opmix")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if not args.quiet else logging.WARNING, format="%(message)s")
+    try:
+        return args.handler(args)
+    except OpmixError as error:
+        print(f"opmix: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("opmix: interrupted; re-run the same command to resume", file=sys.stderr)
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="opmix", description=__doc__)
+    parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and the result")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    pretrain = commands.add_parser("pretrain", help="OP-Mix for pretraining (SPEC section 3)")
+    pretrain.add_argument("--config", "-c", type=Path, required=True, help="YAML config (see examples/)")
+    pretrain.add_argument("--out", "-o", type=Path, required=True, help="run directory (re-run to resume)")
+    pretrain.add_argument("--baseline", choices=["none", "erm"], default=None, help="also train this baseline")
+    pretrain.add_argument("overrides", nargs="*", help="config overrides, e.g. train.steps=2000")
+    pretrain.set_defaults(handler=_pretrain)
+
+    demo = commands.add_parser("demo", help="the whole recipe + ERM on the embedded default (CPU, offline)")
+    demo.add_argument("--out", "-o", type=Path, default=None, help="run directory (default: ./opmix-demo-<time>)")
+    demo.add_argument("overrides", nargs="*", help="config overrides, e.g. train.steps=200")
+    demo.set_defaults(handler=_demo)
+    return parser
+
+
+def _pretrain(args: argparse.Namespace) -> int:
+    from opmix.config import PretrainConfig, load_config
+
+    overrides = list(args.overrides) + ([f"baseline={args.baseline}"] if args.baseline else [])
+    cfg = load_config(args.config, PretrainConfig, overrides)
+    return _run_pretrain(cfg, args.out)
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from opmix.config import PretrainConfig, load_config
+    from opmix.demo import demo_config
+
+    out = args.out or Path.cwd() / f"opmix-demo-{datetime.now():%Y%m%d-%H%M%S}"
+    raw = demo_config(out / "data")
+    cfg = load_config(None, PretrainConfig, list(args.overrides), raw=raw)
+    return _run_pretrain(cfg, out)
+
+
+def _run_pretrain(cfg, out: Path) -> int:
+    from opmix.recipes import pretrain
+    from opmix.report import format_summary
+    from opmix.run.rundir import RunDir
+    from opmix.workspace import check_inputs
+
+    check_inputs(cfg.model, cfg.domains)  # before anything is written
+    fresh = not out.exists()
+    run_dir = RunDir(out)
+    try:
+        with run_dir.lock():
+            run_dir.save_config(cfg.model_dump(mode="json"))
+            summary = pretrain.run(cfg, run_dir)
+    except OpmixError:
+        if fresh and not any(run_dir.path("steps").iterdir()):
+            shutil.rmtree(out, ignore_errors=True)  # nothing finished: leave no partial run behind
+        raise
+    print(format_summary(summary))
+    print(f"run directory: {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,84 @@
+"""OP-Mix for pretraining (SPEC section 3, "Pretraining"), and the ERM baseline under the same budget.
+
+    Prefix: train on the uniform (or user-given) mixture p for 20% of S.
+    Probes from the prefix checkpoint: one `old` probe on p, and one per domain on 0.9*Di + 0.1*p.
+    Proxies: 12 Dirichlet(1) samples over the m+1 components.
+    Prior q: old = 0.5, each domain 0.5/m (M = identity in this phase).
+    Final: continue from the prefix checkpoint for the remaining 80% on the expanded mixture.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from opmix.config.pretrain import PretrainConfig
+from opmix.domains import OLD, expand, mix, normalize, uniform
+from opmix.report import export_model, run_summary
+from opmix.run.rundir import RunDir
+from opmix.search import propose_mixture
+from opmix.stages import train_full, train_probe, evaluate_proxies
+from opmix.train.schedule import WSDSchedule
+from opmix.workspace import open_workspace
+
+
+def run(cfg: PretrainConfig, run_dir: RunDir) -> dict:
+    started = time.perf_counter()
+    ws = open_workspace(run_dir, cfg.model, cfg.tokenizer, cfg.domains, cfg.data, cfg.train, cfg.seed)
+    method, domains, S = cfg.method, ws.domain_names, cfg.train.steps
+    schedule = WSDSchedule.from_fractions(
+        S, cfg.train.warmup_fraction, cfg.train.decay_fraction, cfg.train.final_lr_ratio
+    )
+    p = normalize(method.initial_mixture or uniform(domains), "method.initial_mixture")
+
+    # 1. Prefix: p for 20% of S, ending in the flat phase of the run's one WSD schedule.
+    prefix = train_full(ws, "prefix", p, schedule, end_step=cfg.prefix_steps)
+
+    # 2. Probes from the prefix: `old` on p, one per domain on 0.9*Di + 0.1*p; 2x rate, no warmup.
+    components = [OLD, *domains]
+    probe_data = {OLD: p} | {
+        d: mix([(method.domain_probe_share, {d: 1.0}), (1 - method.domain_probe_share, p)]) for d in domains
+    }
+    adapters = [
+        train_probe(ws, f"probe_{c}", prefix, probe_data[c], cfg.probe_steps,
+                    lr=method.probe_lr_multiplier * cfg.train.lr, decay_fraction=method.probe_decay_fraction,
+                    lora=method.lora.model_dump(), sampler_offset=1000 * (i + 1))
+        for i, c in enumerate(components)
+    ]
+
+    # 3. Proxies: Dirichlet(1) samples over the m+1 components, evaluated on every domain's eval split.
+    X = np.random.default_rng(cfg.seed).dirichlet(np.ones(len(components)), size=method.n_proxies)  # (P, m+1)
+    Y = evaluate_proxies(ws, "proxies", prefix, adapters, components, X)  # (P, m)
+
+    # 4. Laws and proposal: min (1/n) sum_j exp(t_j . x) + lambda KL(x || q).
+    q, M = _prior(method.prior, components, ws), np.eye(len(components))
+    proposal = propose_mixture(
+        ws.run, "propose", X, Y, components, domains,
+        own_components=[components.index(d) for d in domains], prior=q, expansion=M,
+        kl_weight=method.proposer.kl_weight, law_settings=method.law.model_dump(),
+        solver=method.proposer.solver, seed=cfg.seed,
+    )
+    mixture = expand(proposal.components, domains, p)
+
+    # 5. Final: continue the prefix (weights, optimizer, schedule) for the remaining 80% on the mixture.
+    final = train_full(ws, "final", mixture, schedule, end_step=S, start_from=prefix)
+    export_model(ws, final, ws.run.path("final", "model"))
+
+    # Baseline: ERM (no mixing) keeps p for the whole budget: the same prefix, continued on p.
+    baseline = None
+    if cfg.baseline == "erm":
+        baseline = train_full(ws, "erm", p, schedule, end_step=S, start_from=prefix)
+    return run_summary(ws, mixture, proposal, final_step="final", baseline_step="erm" if baseline else None,
+                       prefix_mixture=p, started=started)
+
+
+def _prior(kind: str, components: list[str], ws) -> np.ndarray:
+    m = len(components) - 1
+    if kind == "uniform":
+        return np.full(m + 1, 1.0 / (m + 1))
+    if kind == "natural":  # domain sizes, with `old` taking the mean size
+        sizes = np.array([ws.domains[d].train_tokens for d in components[1:]], dtype=float)
+        sizes = np.concatenate([[sizes.mean()], sizes])
+        return sizes / sizes.sum()
+    return np.array([0.5] + [0.5 / m] * m)  # SPEC default: old 0.5, each domain 0.5/m

@@ -1,0 +1,144 @@
+"""Compute accounting (SPEC section 6): FLOPs, seconds and tokens per stage, persisted in the run directory.
+
+The FLOPs formulas are the usual dense-transformer estimates with N = parameters that do matmuls (see
+``count_params``) and T = tokens processed:
+
+- full training ``6 N T`` (forward 2, backward 4);
+- LoRA training ``4 N T + 6 N_lora T``: frozen weights still need the forward (2) and the gradient with respect to
+  their inputs (2), but not the weight gradient (2); the adapter itself is trained in full;
+- evaluation ``2 N T``; generation ``2 N`` per generated token (prompt tokens are evaluation: use ``eval_flops``).
+
+The ledger file (``ledger.json``) keeps stages in the order they were first recorded::
+
+    {"stages": [{"flops": 1.2e15, "seconds": 340.5, "stage": "prefix", "tokens": 100000000}, ...], "version": 1}
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+from opmix.errors import OpmixError
+from opmix.run.atomic import write_json
+
+_FORMAT_VERSION = 1
+
+
+class ComputeLedger:
+    """FLOPs, seconds and tokens per stage; every change is written to ``path`` atomically.
+
+    On resume, use ``set`` with a step's total *before* marking the step done: a step that is redone after a
+    crash then overwrites its entry instead of counting twice. ``add`` is for pieces of one stage recorded as
+    they finish (e.g. one probe at a time, each before its own step marker).
+    """
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        self._stages: dict[str, dict[str, Any]] = {}
+        if self.path.exists():
+            self._load()
+
+    def add(self, stage: str, flops: float, seconds: float = 0.0, tokens: int = 0) -> None:
+        """Add to ``stage``'s running totals (creating it) and persist."""
+        _check(stage, flops, seconds, tokens)
+        entry = self._stages.setdefault(stage, {"flops": 0.0, "seconds": 0.0, "tokens": 0})
+        entry["flops"] += float(flops)
+        entry["seconds"] += float(seconds)
+        entry["tokens"] += int(tokens)
+        self._save()
+
+    def set(self, stage: str, flops: float, seconds: float = 0.0, tokens: int = 0) -> None:
+        """Replace ``stage``'s totals (idempotent) and persist; its position in the order is kept."""
+        _check(stage, flops, seconds, tokens)
+        self._stages[stage] = {"flops": float(flops), "seconds": float(seconds), "tokens": int(tokens)}
+        self._save()
+
+    def totals(self) -> dict[str, float]:
+        """Stage -> FLOPs in recording order, then ``"total"``."""
+        out = {stage: entry["flops"] for stage, entry in self._stages.items()}
+        out["total"] = math.fsum(out.values())
+        return out
+
+    def as_dict(self) -> dict[str, dict[str, Any]]:
+        """Stage -> {"flops", "seconds", "tokens"} in recording order, then ``"total"`` summing each field."""
+        out = {stage: dict(entry) for stage, entry in self._stages.items()}
+        out["total"] = {
+            "flops": math.fsum(e["flops"] for e in self._stages.values()),
+            "seconds": math.fsum(e["seconds"] for e in self._stages.values()),
+            "tokens": sum(e["tokens"] for e in self._stages.values()),
+        }
+        return out
+
+    def _save(self) -> None:
+        stages = [{"stage": stage, **entry} for stage, entry in self._stages.items()]
+        write_json(self.path, {"version": _FORMAT_VERSION, "stages": stages})
+
+    def _load(self) -> None:
+        try:
+            data = json.loads(self.path.read_text(encoding="utf-8"))
+            for row in data["stages"]:
+                self._stages[str(row["stage"])] = {
+                    "flops": float(row["flops"]),
+                    "seconds": float(row["seconds"]),
+                    "tokens": int(row["tokens"]),
+                }
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise OpmixError(
+                f"compute ledger {self.path} is unreadable ({exc})",
+                "restore it, delete it (earlier stages' compute will then be missing), or use another --out",
+            ) from exc
+
+
+def _check(stage: str, flops: float, seconds: float, tokens: int) -> None:
+    if not isinstance(stage, str) or not stage or stage == "total":
+        raise ValueError(f"stage must be a non-empty name other than 'total', got {stage!r}")
+    for name, value in (("flops", flops), ("seconds", seconds), ("tokens", tokens)):
+        if not math.isfinite(value) or value < 0:
+            raise ValueError(f"{name} for stage {stage!r} must be finite and >= 0, got {value!r}")
+
+
+def train_flops(n_params: int, tokens: int) -> float:
+    """Full training: ``6 N T``."""
+    return 6.0 * n_params * tokens
+
+
+def lora_train_flops(n_params: int, n_lora_params: int, tokens: int) -> float:
+    """LoRA training: ``4 N T + 6 N_lora T`` (N = frozen base parameters, N_lora = adapter parameters)."""
+    return 4.0 * n_params * tokens + 6.0 * n_lora_params * tokens
+
+
+def eval_flops(n_params: int, tokens: int) -> float:
+    """Evaluation (forward only): ``2 N T``."""
+    return 2.0 * n_params * tokens
+
+
+def generation_flops(n_params: int, generated_tokens: int) -> float:
+    """Generation: ``2 N`` per generated token (the KV cache makes each new token one forward of one position)."""
+    return 2.0 * n_params * generated_tokens
+
+
+def count_params(model: Any, exclude_input_embeddings: bool = True) -> int:
+    """N for the FLOPs formulas: the model's distinct parameters, by default without embedding lookups.
+
+    An embedding lookup (token or learned position embedding, any ``torch.nn.Embedding``) indexes rows and costs
+    no matmul FLOPs, so it is left out. A weight that is also used by another module (an LM head tied to the
+    input embedding) does a full matmul there and is counted, once. Shared parameters are counted once. Pass the
+    base model: for a PEFT-wrapped model the adapter's parameters would be counted too (count those as N_lora).
+    """
+    import torch  # deferred: keeps `import opmix.run` free of torch
+
+    def distinct(params) -> dict[int, torch.nn.Parameter]:
+        return {id(p): p for p in params}
+
+    everything = distinct(model.parameters())
+    if not exclude_input_embeddings:
+        return sum(p.numel() for p in everything.values())
+    lookup: dict[int, torch.nn.Parameter] = {}
+    matmul: dict[int, torch.nn.Parameter] = {}
+    for module in model.modules():
+        own = distinct(module.parameters(recurse=False))
+        (lookup if isinstance(module, torch.nn.Embedding) else matmul).update(own)
+    return sum(p.numel() for key, p in everything.items() if key not in lookup or key in matmul)

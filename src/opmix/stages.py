@@ -1,0 +1,158 @@
+"""The resumable steps recipes are made of: full training, probe training, proxy evaluation.
+
+Each step records its artifacts with the run directory when it finishes (``RunDir.mark_done``) and is skipped on
+a later invocation when they verify; a training step interrupted midway resumes from its last periodic checkpoint.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from opmix.data.sampler import MixtureSampler
+from opmix.eval import evaluate
+from opmix.run.atomic import write_csv
+from opmix.run.ledger import eval_flops, lora_train_flops, train_flops
+from opmix.train.checkpoint import STATE, load_trainer_checkpoint
+from opmix.train.loop import Trainer
+from opmix.train.schedule import WSDSchedule
+from opmix.workspace import Workspace
+
+log = logging.getLogger(__name__)
+
+
+def load_weights(ws: Workspace, checkpoint: Path):
+    """The starting model with a full-training checkpoint's weights."""
+    model = ws.new_model()
+    load_trainer_checkpoint(checkpoint, model)
+    return model
+
+
+def train_full(
+    ws: Workspace,
+    step: str,
+    mixture: Mapping[str, float],
+    schedule: WSDSchedule,
+    end_step: int,
+    start_from: Path | None = None,
+    sampler_offset: int = 0,
+) -> Path:
+    """Full training on ``mixture`` up to global ``end_step``; from the start model, or continuing a checkpoint
+    (its weights, optimizer, sampler and step: one run, one schedule). Returns the step's checkpoint."""
+    checkpoint = ws.run.path(step, "checkpoint")
+    if ws.run.is_done(step):
+        return checkpoint
+    model = ws.new_model()
+    sampler = MixtureSampler(ws.train_sets(), dict(mixture), ws.train.batch_size // ws.train.grad_accum,
+                             seed=ws.sampler_seed(sampler_offset))
+    trainer = _trainer(ws, model, sampler, schedule, ws.train.lr, step)
+    resumed = (checkpoint / STATE).is_file()
+    if resumed:
+        trainer.load(checkpoint)
+    elif start_from is not None:
+        trainer.load(start_from)
+        trainer.tokens_trained, trainer.seconds = 0, 0.0  # count this step's own work only
+        sampler.set_weights(dict(mixture))
+    log.info("%s: steps %d..%d on %s", step, trainer.step, end_step, _fmt(mixture))
+    trainer.train_until(end_step, checkpoint, ws.train.checkpoint_every)
+    trainer.save(checkpoint)
+    tokens = trainer.tokens_trained
+    losses = evaluate(trainer.unwrapped_model(), ws.eval_sets(), ws.train.eval_batch_size)
+    ws.ledger.set(step, train_flops(ws.n_params, tokens), trainer.seconds, tokens)
+    ws.run.mark_done(step, [checkpoint], info={
+        "eval_loss": losses, "mixture": dict(mixture), "tokens": tokens, "end_step": end_step,
+        "tokens_consumed": dict(sampler.tokens_consumed), "epochs": sampler.epochs(),
+    })
+    return checkpoint
+
+
+def train_probe(
+    ws: Workspace,
+    step: str,
+    base: Path,
+    mixture: Mapping[str, float],
+    steps: int,
+    lr: float,
+    decay_fraction: float,
+    lora: Mapping[str, float],
+    sampler_offset: int,
+) -> Path:
+    """A LoRA probe trained from the ``base`` checkpoint on ``mixture``: flat rate, no warmup, short decay."""
+    from opmix.probes.lora import lora_parameter_count, make_probe, save_probe
+
+    adapter = ws.run.path(step, "adapter")
+    if ws.run.is_done(step):
+        return adapter
+    model = make_probe(load_weights(ws, base), r=int(lora["r"]), alpha=lora["alpha"], dropout=lora["dropout"])
+    sampler = MixtureSampler(ws.train_sets(), dict(mixture), ws.train.batch_size // ws.train.grad_accum,
+                             seed=ws.sampler_seed(sampler_offset))
+    schedule = WSDSchedule(steps, 0, round(decay_fraction * steps), ws.train.final_lr_ratio)
+    trainer = _trainer(ws, model, sampler, schedule, lr, step)
+    checkpoint = ws.run.path(step, "checkpoint")
+    if (checkpoint / STATE).is_file():
+        trainer.load(checkpoint)
+    trainer.train_until(steps, checkpoint, ws.train.checkpoint_every)
+    save_probe(trainer.unwrapped_model(), adapter)
+    flops = lora_train_flops(ws.n_params, lora_parameter_count(model), trainer.tokens_trained)
+    ws.ledger.set(step, flops, trainer.seconds, trainer.tokens_trained)
+    ws.run.mark_done(step, [adapter], info={"mixture": dict(mixture), "tokens": trainer.tokens_trained})
+    return adapter
+
+
+def evaluate_proxies(
+    ws: Workspace, step: str, base: Path, adapters: Sequence[Path], components: Sequence[str], X: np.ndarray
+) -> np.ndarray:
+    """Eval losses (P, n_domains) of the proxies ``theta_0 + sum_c X[p, c] Delta_c``, one row per proxy.
+
+    Rows are appended to ``proxies.csv`` as they finish, so an interrupted evaluation resumes at the next proxy."""
+    from opmix.probes.lora import load_probe
+    from opmix.probes.proxy import ProxyModel
+
+    table = ws.run.path("proxies.csv")
+    domains = ws.domain_names
+    rows = _read_rows(table) if table.is_file() else []
+    if ws.run.is_done(step) and len(rows) == len(X):
+        return np.array([[float(r[f"loss_{d}"]) for d in domains] for r in rows])
+    rows = [r for r in rows if _matches(r, X, components)]
+    model = load_weights(ws, base)
+    proxy = ProxyModel(model, [load_probe(a, device=ws.accelerator.device) for a in adapters])
+    eval_tokens = sum(d.eval.size for d in ws.domains.values())
+    import time
+
+    started = time.perf_counter()
+    with proxy:
+        for index in range(len(rows), len(X)):
+            proxy.set_weights(X[index].tolist())
+            losses = evaluate(model, ws.eval_sets(), ws.train.eval_batch_size)
+            rows.append({"proxy": index, **{f"w_{c}": float(v) for c, v in zip(components, X[index])},
+                         **{f"loss_{d}": losses[d] for d in domains}})
+            write_csv(table, rows, list(rows[0]))
+    previous = ws.run.step_info(step) or {}
+    seconds = previous.get("seconds", 0.0) + time.perf_counter() - started
+    ws.ledger.set(step, eval_flops(ws.n_params, eval_tokens * len(X)), seconds, eval_tokens * len(X))
+    ws.run.mark_done(step, [table], info={"seconds": seconds})
+    return np.array([[float(r[f"loss_{d}"]) for d in domains] for r in rows])
+
+
+def _trainer(ws: Workspace, model, sampler, schedule, lr, stage) -> Trainer:
+    t = ws.train
+    return Trainer(model, sampler, schedule, lr, ws.accelerator, weight_decay=t.weight_decay, betas=t.betas,
+                   grad_clip=t.grad_clip, grad_accum=t.grad_accum, stage=stage)
+
+
+def _read_rows(path: Path) -> list[dict]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _matches(row: dict, X: np.ndarray, components: Sequence[str]) -> bool:
+    index = int(row["proxy"])
+    return index < len(X) and all(abs(float(row[f"w_{c}"]) - X[index, j]) < 1e-12 for j, c in enumerate(components))
+
+
+def _fmt(mixture: Mapping[str, float]) -> str:
+    return ", ".join(f"{k}={v:.3f}" for k, v in mixture.items())
