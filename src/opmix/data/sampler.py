@@ -1,0 +1,128 @@
+"""Draw training batches from several domains by mixture weights, reproducibly and resumably.
+
+Each batch row picks its domain by a seeded categorical draw from the weights. Within a domain, sequences come
+without replacement in a per-epoch permutation that is a pure function of (seed, domain, epoch), so the whole state
+is the domain-choice RNG's state plus, per domain, a position counter; a domain that runs out starts its next
+epoch with a fresh permutation. ``set_weights`` changes the mixture mid-run; the counters carry on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Mapping
+
+import numpy as np
+import torch
+
+from opmix.errors import OpmixError
+
+log = logging.getLogger(__name__)
+
+
+def _domain_seed(name: str) -> int:
+    # A stable integer per name (Python's hash() is salted per process, so it cannot be used).
+    return int.from_bytes(hashlib.sha256(name.encode("utf-8")).digest()[:8], "little")
+
+
+class MixtureSampler:
+    """Batches of shape (batch_size, seq_len) drawn from ``domains`` by ``weights``; see the module docstring."""
+
+    def __init__(self, domains: Mapping[str, np.ndarray], weights: Mapping[str, float], batch_size: int, seed: int):
+        if not domains:
+            raise OpmixError("the sampler got no domains", "give at least one domain's train sequences")
+        if batch_size < 1:
+            raise OpmixError(f"batch_size must be >= 1, got {batch_size}", "give a positive batch size")
+        seq_lens = {name: arr.shape[1] for name, arr in domains.items() if arr.ndim == 2}
+        if len(seq_lens) != len(domains) or len(set(seq_lens.values())) != 1:
+            raise OpmixError(
+                f"domain arrays must all be (n_seqs, seq_len) with one seq_len; got "
+                f"{ {n: tuple(a.shape) for n, a in domains.items()} }",
+                "tokenize every domain with the same seq_len",
+            )
+        for name, arr in domains.items():
+            if len(arr) == 0:
+                raise OpmixError(f"domain {name!r} has no sequences", "add data or use a smaller seq_len")
+        self.domains = dict(domains)
+        self.names = sorted(self.domains)  # fixed order: the categorical draw indexes into it
+        self.batch_size = int(batch_size)
+        self.seed = int(seed)
+        self.seq_len = next(iter(seq_lens.values()))
+        self._rng = np.random.default_rng([self.seed, 0])
+        self._position = {name: 0 for name in self.names}  # sequences taken so far, over all epochs
+        self.tokens_consumed = {name: 0 for name in self.names}
+        self._perm_cache: dict[str, tuple[int, np.ndarray]] = {}
+        self.set_weights(weights)
+
+    def set_weights(self, weights: Mapping[str, float]) -> None:
+        unknown = sorted(set(weights) - set(self.domains))
+        if unknown:
+            raise OpmixError(
+                f"mixture weights name unknown domain(s) {unknown}; known domains: {self.names}",
+                "use the domain names the data was prepared under",
+            )
+        values = np.array([float(weights.get(name, 0.0)) for name in self.names])
+        if not np.all(np.isfinite(values)) or np.any(values < 0) or values.sum() <= 0:
+            raise OpmixError(f"mixture weights {dict(weights)} are not a valid mixture", "give weights >= 0, sum > 0")
+        self._probs = values / values.sum()
+        self.weights = {name: float(p) for name, p in zip(self.names, self._probs)}
+
+    def _permutation(self, name: str, epoch: int) -> np.ndarray:
+        cached = self._perm_cache.get(name)
+        if cached is None or cached[0] != epoch:
+            rng = np.random.default_rng([self.seed, _domain_seed(name), epoch])
+            cached = (epoch, rng.permutation(len(self.domains[name])))
+            self._perm_cache[name] = cached
+        return cached[1]
+
+    def _take(self, name: str, count: int) -> np.ndarray:
+        n = len(self.domains[name])
+        start = self._position[name]
+        self._position[name] += count
+        epochs, offsets = np.divmod(np.arange(start, start + count), n)
+        out = np.empty(count, dtype=np.int64)
+        for epoch in np.unique(epochs):  # usually one epoch; two when this draw wraps the domain
+            mask = epochs == epoch
+            out[mask] = self._permutation(name, int(epoch))[offsets[mask]]
+        return out
+
+    def next_batch(self) -> tuple[torch.Tensor, dict[str, int]]:
+        """A (batch_size, seq_len) LongTensor and how many of its rows each domain supplied."""
+        choice = self._rng.choice(len(self.names), size=self.batch_size, p=self._probs)
+        rows = np.empty((self.batch_size, self.seq_len), dtype=np.int64)
+        counts: dict[str, int] = {}
+        for k, name in enumerate(self.names):
+            where = np.flatnonzero(choice == k)
+            if len(where) == 0:
+                continue
+            indices = self._take(name, len(where))
+            rows[where] = self.domains[name][indices]
+            counts[name] = len(where)
+            self.tokens_consumed[name] += len(where) * self.seq_len
+        return torch.from_numpy(rows), counts
+
+    def epochs(self) -> dict[str, float]:
+        """Passes over each domain's train sequences so far (1.5 = one and a half epochs)."""
+        return {name: self._position[name] / len(self.domains[name]) for name in self.names}
+
+    def state_dict(self) -> dict:
+        return {
+            "seed": self.seed,
+            "names": list(self.names),
+            "weights": dict(self.weights),
+            "position": dict(self._position),
+            "tokens_consumed": dict(self.tokens_consumed),
+            "rng": self._rng.bit_generator.state,
+        }
+
+    def load_state_dict(self, state: Mapping) -> None:
+        if list(state["names"]) != self.names or int(state["seed"]) != self.seed:
+            raise OpmixError(
+                f"sampler state is for domains {state['names']} with seed {state['seed']}, not {self.names} "
+                f"with seed {self.seed}",
+                "resume with the same domains and seed the run started with",
+            )
+        self.set_weights(state["weights"])
+        self._position = {name: int(state["position"][name]) for name in self.names}
+        self.tokens_consumed = {name: int(state["tokens_consumed"][name]) for name in self.names}
+        self._rng.bit_generator.state = state["rng"]
