@@ -76,10 +76,10 @@ def _run_pretrain(cfg, out: Path) -> int:
     run_dir = RunDir(out)
     try:
         with run_dir.lock():
-            run_dir.save_config(cfg.model_dump(mode="json"))
             summary = pretrain.run(cfg, run_dir)
     except OpmixError:
-        if fresh and not any(run_dir.path("steps").iterdir()):
+        steps = run_dir.root / "steps"
+        if fresh and not (steps.is_dir() and any(steps.iterdir())):
             shutil.rmtree(out, ignore_errors=True)  # nothing finished: leave no partial run behind
         raise
     print(format_summary(summary))

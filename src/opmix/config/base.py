@@ -22,7 +22,7 @@ class ModelConfig(Section):
     @model_validator(mode="after")
     def _one_source(self) -> ModelConfig:
         if (self.path is None) == (self.builtin is None):
-            raise ValueError("give exactly one of model.path (a local HF model directory) or model.builtin")
+            raise ValueError("model needs exactly one source; fix: give exactly one of model.path (a local HF model directory) or model.builtin")
         return self
 
 

@@ -6,6 +6,8 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
+from opmix.domains import normalize
+from opmix.errors import OpmixError
 from opmix.config.base import (
     DataConfig,
     DomainConfig,
@@ -47,30 +49,34 @@ class PretrainConfig(Section):
         names = [d.name for d in self.domains]
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
-            raise ValueError(f"duplicate domain name(s) {duplicates}: give each domain a unique name")
+            raise ValueError(f"duplicate domain name(s) {duplicates}; fix: give each domain a unique name")
         if self.method.initial_mixture is not None:
             unknown = sorted(set(self.method.initial_mixture) - set(names))
             if unknown:
-                raise ValueError(f"method.initial_mixture names unknown domain(s) {unknown}; known: {names}")
+                raise ValueError(f"method.initial_mixture names unknown domain(s) {unknown}; fix: use the known domains {names}")
+            try:
+                normalize(self.method.initial_mixture, "method.initial_mixture")
+            except OpmixError as error:
+                raise ValueError(str(error)) from None
         if self.model.builtin is not None and self.tokenizer is None:
-            raise ValueError("a built-in model needs a tokenizer: set tokenizer to a local directory or builtin:bytes")
+            raise ValueError("a built-in model needs a tokenizer; fix: set tokenizer to a local directory or builtin:bytes")
         prefix_steps = self.prefix_steps
         if prefix_steps < 1 or prefix_steps >= self.train.steps:
             raise ValueError(
-                f"method.prefix_fraction gives {prefix_steps} prefix steps of {self.train.steps}: raise train.steps"
+                f"method.prefix_fraction gives {prefix_steps} prefix steps of {self.train.steps}; fix: raise train.steps"
             )
         if self.probe_steps < 1:
-            raise ValueError(f"method.probe_fraction gives 0 probe steps of {self.train.steps}: raise it")
+            raise ValueError(f"method.probe_fraction gives 0 probe steps of {self.train.steps}; fix: raise it or train.steps")
         decay_start = self.train.steps - round(self.train.decay_fraction * self.train.steps)
         if prefix_steps > decay_start:
             raise ValueError(
-                "the prefix must end before the learning-rate decay starts: "
-                "lower method.prefix_fraction or train.decay_fraction"
+                "the prefix must end before the learning-rate decay starts; "
+                "fix: lower method.prefix_fraction or train.decay_fraction"
             )
         if self.method.n_proxies < len(self.domains) + 1:
             raise ValueError(
-                f"method.n_proxies={self.method.n_proxies} is fewer than the {len(self.domains) + 1} components: "
-                "raise it (SPEC default 12)"
+                f"method.n_proxies={self.method.n_proxies} is fewer than the {len(self.domains) + 1} components; "
+                "fix: raise it (SPEC default 12)"
             )
         return self
 

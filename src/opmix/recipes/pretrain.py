@@ -25,6 +25,7 @@ from opmix.workspace import open_workspace
 
 def run(cfg: PretrainConfig, run_dir: RunDir) -> dict:
     started = time.perf_counter()
+    run_dir.save_config(cfg.model_dump(mode="json"))  # a resumed run must use the same settings
     ws = open_workspace(run_dir, cfg.model, cfg.tokenizer, cfg.domains, cfg.data, cfg.train, cfg.seed)
     method, domains, S = cfg.method, ws.domain_names, cfg.train.steps
     schedule = WSDSchedule.from_fractions(
