@@ -1,10 +1,12 @@
-"""``opmix <command>``: pretrain, demo. Bad input exits with code 2 and one line naming the problem and the fix."""
+"""``opmix <command>``: pretrain, demo, continual. Bad input exits with code 2 and one line naming the problem and
+the fix."""
 
 from __future__ import annotations
 
 import argparse
 import logging
 import shutil
+import warnings
 import sys
 from datetime import datetime
 from pathlib import Path
@@ -18,6 +20,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if not args.quiet else logging.WARNING, format="%(message)s")
+    # deprecation notices that PEFT triggers inside transformers say nothing to an opmix user
+    warnings.filterwarnings("ignore", category=FutureWarning, module="transformers")
     try:
         return args.handler(args)
     except OpmixError as error:
@@ -44,6 +48,16 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", "-o", type=Path, default=None, help="run directory (default: ./opmix-demo-<time>)")
     demo.add_argument("overrides", nargs="*", help="config overrides, e.g. train.steps=200")
     demo.set_defaults(handler=_demo)
+
+    continual = commands.add_parser(
+        "continual", help="OP-Mix for continual midtraining (SPEC section 3); `opmix continual demo` runs the demo",
+        usage="opmix continual (--config FILE --out DIR [--method M] | demo [--out DIR]) [overrides ...]")
+    continual.add_argument("--config", "-c", type=Path, default=None, help="YAML config (see examples/)")
+    continual.add_argument("--out", "-o", type=Path, default=None, help="run directory (re-run to resume)")
+    continual.add_argument("--method", default=None, choices=["opmix", "sequential", "replay", "fifty", "retrain",
+                                                              "lora-merge", "grid"], help="OP-Mix or a baseline")
+    continual.add_argument("overrides", nargs="*", help="`demo`, then config overrides, e.g. train.steps=200")
+    continual.set_defaults(handler=_continual)
     return parser
 
 
@@ -83,6 +97,43 @@ def _run_pretrain(cfg, out: Path) -> int:
             shutil.rmtree(out, ignore_errors=True)  # nothing finished: leave no partial run behind
         raise
     print(format_summary(summary))
+    print(f"run directory: {out}")
+    return 0
+
+
+def _continual(args: argparse.Namespace) -> int:
+    from opmix.config.continual import ContinualConfig
+    from opmix.config.loading import load_config
+
+    overrides = list(args.overrides)
+    if overrides[:1] == ["demo"]:
+        from opmix.config import PretrainConfig
+        from opmix.continual.demo import demo_continual_config, demo_pretrain_config
+
+        out = args.out or Path.cwd() / f"opmix-continual-demo-{datetime.now():%Y%m%d-%H%M%S}"
+        start = out / "pretrain"  # the start model: the pretraining recipe on the embedded demo corpus
+        _run_pretrain(load_config(None, PretrainConfig, raw=demo_pretrain_config(out / "data")), start)
+        raw, out, overrides = demo_continual_config(out / "data-continual", start), out / "continual", overrides[1:]
+    elif args.config is None or args.out is None:
+        raise OpmixError("opmix continual needs --config FILE and --out DIR", "pass both, or run `opmix continual demo`")
+    else:
+        raw, out = None, args.out
+    overrides += [f"run={args.method}"] if args.method else []
+    cfg = load_config(args.config if raw is None else None, ContinualConfig, overrides, raw=raw)
+    return _run_continual(cfg, out)
+
+
+def _run_continual(cfg, out: Path) -> int:
+    from opmix.continual.report import format_continual
+    from opmix.recipes import continual, continual_baselines
+    from opmix.run.rundir import RunDir
+    from opmix.workspace import check_inputs
+
+    check_inputs(cfg.model, cfg.domains)  # before anything is written
+    recipe = continual if cfg.run in ("opmix", "grid") else continual_baselines
+    with RunDir(out).lock() as run_dir:
+        summary = recipe.run(cfg, run_dir)
+    print(format_continual(summary))
     print(f"run directory: {out}")
     return 0
 

@@ -2,7 +2,8 @@
 
 Checked for each fitted law (`law_warnings`):
 - degenerate law: every exponent positive (more of any component raises the loss);
-- own-component exponent > 0 (more of domain j's own data raises the loss on j);
+- own-component exponent above the mean of the others (moving weight to domain j's own data raises the loss on j;
+  the comparison is relative because t + const gives the same law shape on the simplex);
 - the constant exp(c) collapsed to ~0 (below ``1e-3 * min(y)``);
 - poor fit: R^2 on the proxy points below ``r2_threshold`` (equivalently rmse > sqrt(1 - threshold) * std(y));
 - Dirichlet proxies whose loss does not fall with the domain's own component (Spearman rank correlation >= 0).
@@ -47,9 +48,11 @@ def law_warnings(
         if np.all(t > 0):
             out.append(f"law for domain {domain!r} is degenerate: every exponent is positive (t = {_fmt(t)}), so "
                        "more of any component raises its loss")
-        if own is not None and t[own] > 0:
+        others = np.delete(t, own) if own is not None else t
+        if own is not None and others.size and t[own] > others.mean():
             out.append(f"law for domain {domain!r}: the exponent of its own component {component_names[own]!r} is "
-                       f"{t[own]:+.3g} > 0, so more of its own data raises its loss")
+                       f"{t[own]:+.3g} > {others.mean():+.3g} (the others' mean), so more of its own data raises "
+                       "its loss")
         constant = float(np.exp(law.c_))
         if constant < _COLLAPSE_FRACTION * float(np.min(y)):
             out.append(f"law for domain {domain!r}: the constant exp(c) = {constant:.3g} collapsed to ~0 "
