@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import pytest
@@ -15,8 +16,14 @@ def demo_corpus(tmp_path_factory) -> dict[str, list[Path]]:
 
 
 @pytest.fixture
-def tiny_pretrain_raw(demo_corpus) -> dict:
-    """A pretraining config that runs end to end in seconds on CPU."""
+def tiny_pretrain_raw(tiny_pretrain_base) -> dict:
+    """A pretraining config that runs end to end in seconds on CPU (a fresh copy per test)."""
+    return copy.deepcopy(tiny_pretrain_base)
+
+
+@pytest.fixture(scope="session")
+def tiny_pretrain_base(demo_corpus) -> dict:
+    """The tiny config itself, for module-scoped fixtures; copy it before changing it."""
     return {
         "seed": 0,
         "model": {"builtin": "llama-tiny"},

@@ -1,11 +1,14 @@
 """Models: a local Hugging Face causal LM (any architecture AutoModelForCausalLM knows), or a built-in config.
 
-Loading is safe by default: weights only from safetensors, the model's own Python code only with
-``trust_remote_code=True``.
+Loading is safe by default: weights only from safetensors (a pickle checkpoint such as ``pytorch_model.bin`` can
+run arbitrary code when unpickled, so it is refused, not loaded), and the model's own Python code (``auto_map`` in
+its config.json) only with ``trust_remote_code=True`` (config ``model.trust_remote_code`` or ``--trust-remote-code``).
+Both are checked by ``check_causal_lm_dir`` before any data is read.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
@@ -53,11 +56,23 @@ def check_causal_lm_dir(path: Path, trust_remote_code: bool = False):
     if not (path / "config.json").is_file():
         raise OpmixError(f"model path {path} has no config.json", "give a directory written by save_pretrained")
     try:
+        raw = json.loads((path / "config.json").read_text(encoding="utf-8"))
+        model_type, auto_map = raw.get("model_type"), raw.get("auto_map") or {}
+    except (OSError, ValueError, AttributeError) as error:
+        raise OpmixError(f"model at {path} has an unreadable config.json ({error})", "fix or re-save it") from None
+    if auto_map and not trust_remote_code and model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
+        raise OpmixError(
+            f"model at {path} needs its own Python code (config.json auto_map: {sorted(auto_map)}), which is not "
+            "run unless you allow it",
+            "review that code, then pass --trust-remote-code (or set model.trust_remote_code: true)",
+        )
+    try:
         config = AutoConfig.from_pretrained(path, local_files_only=True, trust_remote_code=trust_remote_code)
     except ValueError as error:
         if "trust_remote_code" in str(error):
             raise OpmixError(
-                f"model at {path} needs its own Python code", "review it, then set model.trust_remote_code=true"
+                f"model at {path} needs its own Python code",
+                "review it, then pass --trust-remote-code (or set model.trust_remote_code: true)",
             ) from None
         raise OpmixError(f"model at {path} has an unreadable config.json ({error})", "fix or re-save it") from None
     has_remote_causal = "AutoModelForCausalLM" in (getattr(config, "auto_map", None) or {})
@@ -66,26 +81,30 @@ def check_causal_lm_dir(path: Path, trust_remote_code: bool = False):
             f"model at {path} is a {config.model_type!r} model, not a causal language model",
             "give a model that AutoModelForCausalLM loads (Llama, GPT-2, Qwen2, OLMo, ...)",
         )
+    if not any(path.glob("*.safetensors")):
+        found = sorted(p.name for p in path.glob("*.bin")) or sorted(p.name for p in path.glob("*.pt"))
+        raise OpmixError(
+            f"model at {path} has no .safetensors weights{f' (only {found})' if found else ''}; pickle checkpoints "
+            "are never loaded",
+            "convert it once in a trusted environment with model.save_pretrained(dir, safe_serialization=True)",
+        )
     return config
 
 
 def load_model(path: Path, trust_remote_code: bool = False, dtype: torch.dtype = torch.float32):
     from transformers import AutoModelForCausalLM
 
-    check_causal_lm_dir(path, trust_remote_code)
-    if not any(Path(path).glob("*.safetensors")):
-        raise OpmixError(
-            f"model at {path} has no .safetensors weights (pickle checkpoints are not loaded)",
-            "convert it with model.save_pretrained(dir, safe_serialization=True)",
-        )
+    check_causal_lm_dir(path, trust_remote_code)  # safetensors present, remote code allowed if needed
     return AutoModelForCausalLM.from_pretrained(
         path, local_files_only=True, use_safetensors=True, trust_remote_code=trust_remote_code, dtype=dtype
     )
 
 
 def check_vocabulary(model, tokenizer) -> None:
-    """A tokenizer whose ids reach past the model's embedding table would index out of range mid-run."""
-    rows = model.get_input_embeddings().weight.shape[0]
+    """A tokenizer whose ids reach past the model's embedding table would index out of range mid-run.
+
+    ``model`` is a model, or its embedding rows (a config's ``vocab_size``: checked before any data is read)."""
+    rows = model if isinstance(model, int) else model.get_input_embeddings().weight.shape[0]
     if len(tokenizer) > rows:
         raise OpmixError(
             f"tokenizer has {len(tokenizer)} tokens but the model's embedding has {rows} rows",

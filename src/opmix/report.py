@@ -15,13 +15,24 @@ STAGE_GROUPS = {"prefix": "prefix", "probe_": "probes", "proxies": "proxy_eval",
 
 
 def export_model(ws, checkpoint: Path, directory: Path) -> None:
-    """The trained model as a Hugging Face directory (safetensors + tokenizer) that any HF code can load."""
-    if (directory / "config.json").is_file():
+    """The trained model as a Hugging Face directory (safetensors + tokenizer) that any HF code can load.
+
+    A step of its own (``export_<path>``): redone unless its marker's files all verify."""
+    directory = Path(directory)
+    try:
+        parts = directory.resolve().relative_to(ws.run.root).parts
+    except ValueError:  # outside the run directory
+        parts = (directory.name,)
+    step = "export_" + "_".join(parts)
+    if ws.run.is_done(step):
         return
-    model = load_weights(ws, checkpoint)
-    with atomic_dir(directory) as tmp:
-        model.save_pretrained(tmp, safe_serialization=True)
-        ws.tokenizer.save_pretrained(tmp)
+    if ws.accelerator.is_main_process:  # one writer: data-parallel ranks would race to the same folder
+        model = load_weights(ws, checkpoint)
+        with atomic_dir(directory) as tmp:
+            model.save_pretrained(tmp, safe_serialization=True)
+            ws.tokenizer.save_pretrained(tmp)
+    ws.accelerator.wait_for_everyone()
+    ws.run.mark_done(step, [directory])
 
 
 def stage_flops(ledger: Mapping[str, float], include: set[str]) -> dict[str, float]:

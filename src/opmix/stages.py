@@ -16,8 +16,9 @@ import numpy as np
 from opmix.data.sampler import MixtureSampler
 from opmix.eval import evaluate
 from opmix.run.atomic import write_csv
+from opmix.run.faults import fault_point
 from opmix.run.ledger import eval_flops, lora_train_flops, train_flops
-from opmix.train.checkpoint import STATE, load_trainer_checkpoint
+from opmix.train.checkpoint import load_trainer_checkpoint, resumable
 from opmix.train.loop import Trainer
 from opmix.train.schedule import WSDSchedule
 from opmix.workspace import Workspace
@@ -49,8 +50,8 @@ def train_full(
     model = ws.new_model()
     sampler = MixtureSampler(ws.train_sets(), dict(mixture), ws.train.batch_size // ws.train.grad_accum,
                              seed=ws.sampler_seed(sampler_offset))
-    trainer = _trainer(ws, model, sampler, schedule, ws.train.lr, step)
-    resumed = (checkpoint / STATE).is_file()
+    trainer = _trainer(ws, model, sampler, schedule, ws.train.lr, step, ws.sampler_seed(sampler_offset))
+    resumed = resumable(checkpoint)  # a damaged periodic checkpoint is ignored: the step restarts
     if resumed:
         trainer.load(checkpoint)
     elif start_from is not None:
@@ -91,12 +92,14 @@ def train_probe(
     sampler = MixtureSampler(ws.train_sets(), dict(mixture), ws.train.batch_size // ws.train.grad_accum,
                              seed=ws.sampler_seed(sampler_offset))
     schedule = WSDSchedule(steps, 0, round(decay_fraction * steps), ws.train.final_lr_ratio)
-    trainer = _trainer(ws, model, sampler, schedule, lr, step)
+    trainer = _trainer(ws, model, sampler, schedule, lr, step, ws.sampler_seed(sampler_offset))
     checkpoint = ws.run.path(step, "checkpoint")
-    if (checkpoint / STATE).is_file():
+    if resumable(checkpoint):
         trainer.load(checkpoint)
     trainer.train_until(steps, checkpoint, ws.train.checkpoint_every)
-    save_probe(trainer.unwrapped_model(), adapter)
+    if ws.accelerator.is_main_process:  # one writer: data-parallel ranks hold the same adapter
+        save_probe(trainer.unwrapped_model(), adapter)
+    ws.accelerator.wait_for_everyone()
     flops = lora_train_flops(ws.n_params, lora_parameter_count(model), trainer.tokens_trained)
     ws.ledger.set(step, flops, trainer.seconds, trainer.tokens_trained)
     ws.run.mark_done(step, [adapter], info={"mixture": dict(mixture), "tokens": trainer.tokens_trained})
@@ -104,20 +107,25 @@ def train_probe(
 
 
 def evaluate_proxies(
-    ws: Workspace, step: str, base: Path, adapters: Sequence[Path], components: Sequence[str], X: np.ndarray
+    ws: Workspace, step: str, base: Path, adapters: Sequence[Path], components: Sequence[str], X: np.ndarray,
+    table: Path | None = None,
 ) -> np.ndarray:
     """Eval losses (P, n_domains) of the proxies ``theta_0 + sum_c X[p, c] Delta_c``, one row per proxy.
 
-    Rows are appended to ``proxies.csv`` as they finish, so an interrupted evaluation resumes at the next proxy."""
+    Rows are appended to ``table`` (default ``proxies.csv``; a run with several searches gives each its own) as they
+    finish, so an interrupted evaluation resumes at the next proxy."""
     from opmix.probes.lora import load_probe
     from opmix.probes.proxy import ProxyModel
 
-    table = ws.run.path("proxies.csv")
+    table = table if table is not None else ws.run.path("proxies.csv")
     domains = ws.domain_names
     rows = _read_rows(table) if table.is_file() else []
     if ws.run.is_done(step) and len(rows) == len(X):
         return np.array([[float(r[f"loss_{d}"]) for d in domains] for r in rows])
-    rows = [r for r in rows if _matches(r, X, components)]
+    kept = 0
+    while kept < len(rows) and _matches(rows[kept], X, components, kept):
+        kept += 1
+    rows = rows[:kept]  # the rows of these proxies, in order: evaluation resumes after the last of them
     model = load_weights(ws, base)
     proxy = ProxyModel(model, [load_probe(a, device=ws.accelerator.device) for a in adapters])
     eval_tokens = sum(d.eval.size for d in ws.domains.values())
@@ -131,6 +139,7 @@ def evaluate_proxies(
             rows.append({"proxy": index, **{f"w_{c}": float(v) for c, v in zip(components, X[index])},
                          **{f"loss_{d}": losses[d] for d in domains}})
             write_csv(table, rows, list(rows[0]))
+            fault_point("proxy")
     previous = ws.run.step_info(step) or {}
     seconds = previous.get("seconds", 0.0) + time.perf_counter() - started
     ws.ledger.set(step, eval_flops(ws.n_params, eval_tokens * len(X)), seconds, eval_tokens * len(X))
@@ -138,10 +147,10 @@ def evaluate_proxies(
     return np.array([[float(r[f"loss_{d}"]) for d in domains] for r in rows])
 
 
-def _trainer(ws: Workspace, model, sampler, schedule, lr, stage) -> Trainer:
+def _trainer(ws: Workspace, model, sampler, schedule, lr, stage, seed: int = 0) -> Trainer:
     t = ws.train
     return Trainer(model, sampler, schedule, lr, ws.accelerator, weight_decay=t.weight_decay, betas=t.betas,
-                   grad_clip=t.grad_clip, grad_accum=t.grad_accum, stage=stage)
+                   grad_clip=t.grad_clip, grad_accum=t.grad_accum, stage=stage, seed=seed)
 
 
 def _read_rows(path: Path) -> list[dict]:
@@ -149,9 +158,9 @@ def _read_rows(path: Path) -> list[dict]:
         return list(csv.DictReader(f))
 
 
-def _matches(row: dict, X: np.ndarray, components: Sequence[str]) -> bool:
+def _matches(row: dict, X: np.ndarray, components: Sequence[str], position: int) -> bool:
     index = int(row["proxy"])
-    return index < len(X) and all(abs(float(row[f"w_{c}"]) - X[index, j]) < 1e-12 for j, c in enumerate(components))
+    return index == position < len(X) and all(abs(float(row[f"w_{c}"]) - X[index, j]) < 1e-12 for j, c in enumerate(components))
 
 
 def _fmt(mixture: Mapping[str, float]) -> str:

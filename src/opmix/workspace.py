@@ -72,6 +72,10 @@ def open_workspace(
 ) -> Workspace:
     check_inputs(model, domains)
     tokenizer = load_tokenizer(tokenizer_spec or str(model.path))
+    if model.path is not None:  # before tokenizing: ids past the model's embedding table would fail mid-training
+        rows = getattr(check_causal_lm_dir(model.path, model.trust_remote_code), "vocab_size", None)
+        if isinstance(rows, int):
+            check_vocabulary(rows, tokenizer)
     cache_dir = Path(data.cache_dir) if data.cache_dir else run.path("cache")
     tokenized = {
         d.name: prepare_domain(

@@ -55,11 +55,29 @@ def test_pretrain_end_to_end_and_resume(tmp_path, tiny_pretrain_raw):
     assert again["mixture"] == summary["mixture"] and again["eval_loss"] == summary["eval_loss"]
 
 
-def test_same_config_and_seed_give_the_same_mixture(tmp_path, tiny_pretrain_raw):
+def test_same_config_and_seed_give_the_same_mixture(tmp_path, tiny_pretrain_raw, monkeypatch):
+    """Bit-identical on CPU, also when the second run is interrupted mid-training and resumed."""
+    from opmix.run import faults
+
+    tiny_pretrain_raw["train"]["checkpoint_every"] = 3
     first = _run(tiny_pretrain_raw, tmp_path / "a")
+
+    def interrupt(name):  # an in-process stand-in for the kill of tests/faults: stop after final's 5th step
+        hits[name] = hits.get(name, 0) + 1
+        if name == "step:final" and hits[name] == 5:
+            raise KeyboardInterrupt
+
+    hits: dict[str, int] = {}
+    monkeypatch.setattr(faults, "fault_point", interrupt)
+    monkeypatch.setattr("opmix.train.loop.fault_point", interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        _run(tiny_pretrain_raw, tmp_path / "b")
+    assert not (tmp_path / "b" / "steps" / "final.json").exists()
+    assert (tmp_path / "b" / "final" / "checkpoint" / "state.json").is_file()  # resumes from it, at step 9
     second = _run(tiny_pretrain_raw, tmp_path / "b")
     assert first["mixture"] == second["mixture"]
     assert first["eval_loss"] == second["eval_loss"]
+    assert first["baseline"]["eval_loss"] == second["baseline"]["eval_loss"]
 
 
 def test_cli_pretrain_prints_mixture_and_comparison(tmp_path, tiny_pretrain_raw, capsys):

@@ -50,6 +50,8 @@ class PretrainConfig(Section):
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
             raise ValueError(f"duplicate domain name(s) {duplicates}; fix: give each domain a unique name")
+        if "old" in names:
+            raise ValueError("a domain is named 'old', the name of the collapsed old-mixture component; fix: rename it")
         if self.method.initial_mixture is not None:
             unknown = sorted(set(self.method.initial_mixture) - set(names))
             if unknown:

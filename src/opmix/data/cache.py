@@ -1,8 +1,9 @@
 """Tokenize a domain once, cache its token streams on disk as ``.npy``, and serve fixed-length sequences (memmap).
 
-Layout: ``cache_dir/<domain>-<key>/{train.npy, eval.npy, meta.json}``. Each ``.npy`` is written to a temporary
-name and moved into place with ``os.replace``; ``meta.json`` is written last and marks the entry complete, so an
-interrupted tokenization never leaves an entry that looks done.
+Layout: ``cache_dir/<domain>-<key>/{train.npy, eval.npy, meta.json}``. Every file is written atomically
+(``opmix.run.atomic``); ``meta.json`` is written last, records the byte size of each ``.npy`` and marks the entry
+complete, so an interrupted tokenization never leaves an entry that looks done, and an entry whose arrays were
+truncated or removed since is rebuilt rather than trusted.
 
 The key hashes the input files (absolute path, size, mtime), the tokenizer's identity (vocabulary size, EOS id and
 a hash of its full definition), the split settings, the seed, ``text_field`` and ``bin_dtype``. ``seq_len`` and
@@ -25,7 +26,6 @@ import hashlib
 import json
 import logging
 import math
-import os
 import re
 import time
 from dataclasses import dataclass
@@ -35,10 +35,12 @@ import numpy as np
 
 from opmix.data.readers import is_pretokenized, list_files, read_documents, read_token_arrays
 from opmix.errors import OpmixError
+from opmix.run.atomic import atomic_file, write_json
+from opmix.run.faults import fault_point
 
 log = logging.getLogger(__name__)
 
-CACHE_FORMAT = 1  # bump when the stream layout changes, so old entries are not reused
+CACHE_FORMAT = 2  # bump when the stream layout changes, so old entries are not reused
 ENCODE_BATCH_DOCS = 512  # documents per batch encode call: large enough for the Rust side's parallelism
 
 
@@ -164,11 +166,27 @@ def _build_streams(name, files, eval_files, tokenizer, eval_fraction, text_field
     return train, evals
 
 
-def _save_atomic(path: Path, array: np.ndarray) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as handle:
+def _save_atomic(path: Path, array: np.ndarray) -> int:
+    """Write ``array`` as ``.npy`` atomically; returns the file's size in bytes."""
+    with atomic_file(path) as handle:
         np.save(handle, array, allow_pickle=False)
-    os.replace(tmp, path)
+    return path.stat().st_size
+
+
+def _cached_meta(entry: Path) -> dict | None:
+    """The entry's metadata if the entry is complete and its arrays have their recorded sizes, else None."""
+    meta_path = entry / "meta.json"
+    if not meta_path.is_file():
+        return None
+    try:
+        meta = json.loads(meta_path.read_text())
+        for split, size in meta["bytes"].items():
+            if (entry / f"{split}.npy").stat().st_size != size:
+                raise ValueError(f"{split}.npy has changed size")
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        log.warning("cache entry %s is damaged (%s); tokenizing again", entry, exc)
+        return None
+    return meta
 
 
 def _check_sizes(name, train_len, eval_len, seq_len, from_eval_files) -> None:
@@ -233,9 +251,8 @@ def prepare_domain(
     key = hashlib.sha256(json.dumps(key_source, sort_keys=True).encode()).hexdigest()[:16]
     safe_name = re.sub(r"[^A-Za-z0-9_.-]", "_", name)
     entry = Path(cache_dir) / f"{safe_name}-{key}"
-    meta_path = entry / "meta.json"
-    if meta_path.is_file():
-        meta = json.loads(meta_path.read_text())
+    meta = _cached_meta(entry)
+    if meta is not None:
         log.info("domain %r: reusing cached tokens in %s", name, entry)
     else:
         started = time.perf_counter()
@@ -243,13 +260,12 @@ def prepare_domain(
             name, train_files, eval_list, tokenizer, eval_fraction, text_field, seed, bin_dtype
         )
         _check_sizes(name, len(train), len(evals), seq_len, eval_list is not None)
-        entry.mkdir(parents=True, exist_ok=True)
-        _save_atomic(entry / "train.npy", train)
-        _save_atomic(entry / "eval.npy", evals)
-        meta = {"name": name, "train_stream_tokens": len(train), "eval_stream_tokens": len(evals), "key": key_source}
-        tmp = entry / f".meta.json.tmp-{os.getpid()}"
-        tmp.write_text(json.dumps(meta, indent=1))
-        os.replace(tmp, meta_path)  # written last: its presence means the entry is complete
+        sizes = {"train": _save_atomic(entry / "train.npy", train)}
+        fault_point("tokenize")
+        sizes["eval"] = _save_atomic(entry / "eval.npy", evals)
+        meta = {"name": name, "train_stream_tokens": len(train), "eval_stream_tokens": len(evals), "key": key_source,
+                "bytes": sizes}
+        write_json(entry / "meta.json", meta)  # written last: its presence means the entry is complete
         log.info(
             "domain %r: tokenized %d train + %d eval tokens in %.1fs",
             name, len(train), len(evals), time.perf_counter() - started,

@@ -16,7 +16,6 @@ import math
 import os
 import re
 import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,6 +23,7 @@ import torch
 from torch import nn
 
 from opmix.errors import OpmixError
+from opmix.run.atomic import atomic_dir
 
 logger = logging.getLogger(__name__)
 
@@ -110,8 +110,8 @@ def make_probe(model: nn.Module, r: int = 16, alpha: float = 32, dropout: float 
 def save_probe(peft_model, directory: str | os.PathLike) -> None:
     """Write the active adapter as ``adapter_model.safetensors`` + ``adapter_config.json`` (PEFT's format, loadable
     with ``PeftModel.from_pretrained``) plus our layout sidecar. Written to a temporary directory next to the
-    target, then moved into place with ``os.replace``, so a reader never sees a half-written probe (when
-    overwriting, the old probe is moved aside first: for that instant the directory is absent, never partial)."""
+    target, then moved into place (``opmix.run.atomic.atomic_dir``), so a reader never sees a half-written probe
+    (when overwriting, the old probe is moved aside first: for that instant the directory is absent, never partial)."""
     directory = Path(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
     adapter = peft_model.active_adapter
@@ -119,20 +119,15 @@ def save_probe(peft_model, directory: str | os.PathLike) -> None:
     modules = dict(base.named_modules())
     transposed = sorted(name for name, m in modules.items()
                         if hasattr(m, "lora_A") and adapter in m.lora_A and is_fan_in_fan_out(m.get_base_layer()))
-    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", suffix=".tmp", dir=directory.parent))
-    try:
-        peft_model.save_pretrained(tmp, selected_adapters=[adapter], safe_serialization=True)
-        src = tmp if adapter == "default" else tmp / adapter  # PEFT nests non-default adapters one level down
-        (src / LAYOUT_FILE).write_text(json.dumps({"fan_in_fan_out_modules": transposed}, indent=1))
-        if directory.exists():  # os.replace cannot replace a non-empty directory: move the old one aside first
-            old = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", suffix=".old", dir=directory.parent))
-            os.replace(directory, old / "probe")
-            os.replace(src, directory)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(src, directory)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    with atomic_dir(directory) as out:  # fsynced, swept by the run directory if the process is killed midway
+        scratch = out / ".peft"
+        peft_model.save_pretrained(scratch, selected_adapters=[adapter], safe_serialization=True)
+        src = scratch if adapter == "default" else scratch / adapter  # PEFT nests non-default adapters
+        for item in src.iterdir():
+            if item.is_file():
+                os.replace(item, out / item.name)
+        shutil.rmtree(scratch)
+        (out / LAYOUT_FILE).write_text(json.dumps({"fan_in_fan_out_modules": transposed}, indent=1))
 
 
 @dataclass
@@ -184,7 +179,9 @@ def load_probe(directory: str | os.PathLike, device: str | torch.device | None =
     if unsupported:
         raise OpmixError(f"{directory}: adapter uses {unsupported}, which is not a plain low-rank weight delta",
                          "train probes with plain LoRA (make_probe)")
-    state = load_file(str(weights), device=str(device) if device is not None else "cpu")
+    device = torch.device(device if device is not None else "cpu")
+    # safetensors names the CPU "cpu" only; a data-parallel CPU run's accelerator says "cpu:0"
+    state = load_file(str(weights), device="cpu" if device.type == "cpu" else str(device))
 
     pairs: dict[str, dict[str, torch.Tensor]] = {}
     for key, tensor in state.items():

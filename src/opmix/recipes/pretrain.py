@@ -15,6 +15,7 @@ import numpy as np
 
 from opmix.config.pretrain import PretrainConfig
 from opmix.domains import OLD, expand, mix, normalize, uniform
+from opmix.propose import repetition_caps
 from opmix.report import export_model, run_summary
 from opmix.run.rundir import RunDir
 from opmix.search import propose_mixture
@@ -32,6 +33,7 @@ def run(cfg: PretrainConfig, run_dir: RunDir) -> dict:
         S, cfg.train.warmup_fraction, cfg.train.decay_fraction, cfg.train.final_lr_ratio
     )
     p = normalize(method.initial_mixture or uniform(domains), "method.initial_mixture")
+    caps = _caps(cfg, ws)  # before any training: infeasible caps are a bad input, not a late failure
 
     # 1. Prefix: p for 20% of S, ending in the flat phase of the run's one WSD schedule.
     prefix = train_full(ws, "prefix", p, schedule, end_step=cfg.prefix_steps)
@@ -57,7 +59,7 @@ def run(cfg: PretrainConfig, run_dir: RunDir) -> dict:
     proposal = propose_mixture(
         ws.run, "propose", X, Y, components, domains,
         own_components=[components.index(d) for d in domains], prior=q, expansion=M,
-        kl_weight=method.proposer.kl_weight, law_settings=method.law.model_dump(),
+        kl_weight=method.proposer.kl_weight, caps=caps, law_settings=method.law.model_dump(),
         solver=method.proposer.solver, seed=cfg.seed,
     )
     mixture = expand(proposal.components, domains, p)
@@ -72,6 +74,17 @@ def run(cfg: PretrainConfig, run_dir: RunDir) -> dict:
         baseline = train_full(ws, "erm", p, schedule, end_step=S, start_from=prefix)
     return run_summary(ws, mixture, proposal, final_step="final", baseline_step="erm" if baseline else None,
                        prefix_mixture=p, started=started)
+
+
+def _caps(cfg: PretrainConfig, ws) -> np.ndarray | None:
+    """Olmix caps x_j <= k N_j / R (SPEC section 5); R = tokens the final training consumes, and `old`, which
+    draws from every domain, has all of their tokens available."""
+    k = cfg.method.proposer.repetition_factor
+    if k is None:
+        return None
+    consumed = (cfg.train.steps - cfg.prefix_steps) * cfg.train.batch_size * cfg.data.seq_len
+    sizes = [ws.domains[d].train_tokens for d in ws.domain_names]
+    return repetition_caps(np.array([sum(sizes), *sizes], dtype=float), consumed * ws.accelerator.num_processes, k)
 
 
 def _prior(kind: str, components: list[str], ws) -> np.ndarray:

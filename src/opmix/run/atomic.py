@@ -82,6 +82,30 @@ def save_safetensors(
 
 
 @contextlib.contextmanager
+def atomic_file(path: str | os.PathLike) -> Iterator[io.BufferedWriter]:
+    """Yield a binary file handle whose content replaces ``path`` on success; on failure ``path`` is untouched.
+
+    For outputs too large to build in memory first (token caches): the caller streams into the handle.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f".{path.name}{TEMP_MARK}{secrets.token_hex(4)}"
+    try:
+        with open(tmp, "xb") as handle:
+            yield handle
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+        _fsync_dir(path.parent)
+    except BaseException as exc:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        if isinstance(exc, OSError) and exc.errno in _STORAGE_ERRNOS:
+            raise _user_error(path, exc) from exc
+        raise
+
+
+@contextlib.contextmanager
 def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     """Yield an empty temp folder next to ``path``; on success it replaces ``path``, on failure it is removed.
 

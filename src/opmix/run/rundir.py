@@ -39,6 +39,7 @@ import yaml
 
 from opmix.errors import OpmixError, RunLockedError
 from opmix.run.atomic import remove_leftovers, write_json, write_yaml
+from opmix.run.faults import fault_point
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +76,12 @@ class RunDir:
 
         The lock is an advisory ``flock`` on ``root/.lock``, released by the kernel when the process dies, so a
         killed run never leaves a stale lock. On acquiring it, temp files left by a killed writer are removed.
+        Under a data-parallel launcher (``RANK`` set, as ``accelerate launch``/torchrun do) only rank 0 takes the
+        lock: the other ranks are the same run, not a second invocation.
         """
+        if int(os.environ.get("RANK", "0") or 0) != 0:
+            yield self
+            return
         lock_path = self.root / ".lock"
         fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o666)
         try:
@@ -126,6 +132,7 @@ class RunDir:
         """
         marker = self._marker(step)
         records = [self._record(Path(a)) for a in artifacts]
+        fault_point(f"mark:{step}")
         finished_at = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
         write_json(marker, {"step": step, "finished_at": finished_at, "info": info or {}, "artifacts": records})
 
@@ -143,6 +150,13 @@ class RunDir:
                 log.warning("step %r in %s will be redone: %s", step, self.root, problem)
                 return False
         return True
+
+    def has_progress(self) -> bool:
+        """True once any step has finished or any training step has written a resumable checkpoint."""
+        steps = self.root / "steps"
+        if steps.is_dir() and any(steps.glob("*.json")):
+            return True
+        return any(self.root.glob("*/checkpoint/state.json"))
 
     def step_info(self, step: str) -> dict | None:
         """The ``info`` given to ``mark_done`` for ``step``, or None if there is no marker (not verified)."""

@@ -1,12 +1,15 @@
 """Resumable trainer checkpoints: trainable weights, optimizer state, RNG (safetensors) and loop state (JSON).
 
 No pickle anywhere: the optimizer's tensors go to safetensors under ``<param index>.<key>`` names and its
-structure (param groups, scalar entries) to JSON.
+structure (param groups, scalar entries) to JSON. The folder is written atomically, and ``state.json`` records the
+size and sha256 of every tensor file, so a damaged checkpoint (a disk error, a partial copy) is detected by
+``checkpoint_problem`` and never resumed from: the step restarts instead.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import torch
@@ -14,6 +17,10 @@ from safetensors.torch import load_file
 
 from opmix.errors import OpmixError
 from opmix.run.atomic import atomic_dir, save_safetensors
+from opmix.run.faults import fault_point
+from opmix.run.rundir import sha256_file
+
+log = logging.getLogger(__name__)
 
 WEIGHTS, OPTIMIZER, RNG, STATE = "trainable.safetensors", "optimizer.safetensors", "rng.safetensors", "state.json"
 
@@ -22,13 +29,46 @@ def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {n: p.detach().contiguous() for n, p in model.named_parameters() if p.requires_grad}
 
 
-def save_trainer_checkpoint(directory: Path, model, optimizer, loop_state: dict) -> None:
+def save_trainer_checkpoint(directory: Path, model, optimizer, loop_state: dict, rng: dict | None = None) -> None:
+    """``rng``: named RNG state tensors to restore on resume (default: this process's global torch RNG)."""
     with atomic_dir(Path(directory)) as tmp:
         save_safetensors(tmp / WEIGHTS, {n: t.cpu() for n, t in trainable_state(model).items()})
+        fault_point("checkpoint")
         tensors, structure = _flatten_optimizer(optimizer.state_dict())
         save_safetensors(tmp / OPTIMIZER, tensors)
-        save_safetensors(tmp / RNG, _rng_state())
-        (tmp / STATE).write_text(json.dumps({"loop": loop_state, "optimizer": structure}, sort_keys=True))
+        save_safetensors(tmp / RNG, _rng_state() if rng is None else rng)
+        files = {name: {"size": (tmp / name).stat().st_size, "sha256": sha256_file(tmp / name)}
+                 for name in (WEIGHTS, OPTIMIZER, RNG)}
+        state = {"loop": loop_state, "optimizer": structure, "files": files}
+        (tmp / STATE).write_text(json.dumps(state, sort_keys=True))
+
+
+def checkpoint_problem(directory: Path) -> str | None:
+    """None if ``directory`` holds a complete checkpoint whose files match their recorded size and sha256."""
+    directory = Path(directory)
+    try:
+        files = json.loads((directory / STATE).read_text())["files"]
+    except FileNotFoundError:
+        return f"{directory / STATE} is missing"
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        return f"{directory / STATE} is unreadable or has no file records ({exc})"
+    for name, record in files.items():
+        path = directory / name
+        if not path.is_file():
+            return f"{path} is missing"
+        if path.stat().st_size != record["size"] or sha256_file(path) != record["sha256"]:
+            return f"{path} does not match its recorded size and sha256"
+    return None
+
+
+def resumable(directory: Path) -> bool:
+    """True if a training step can resume from ``directory``; a damaged checkpoint is reported and ignored."""
+    if not (Path(directory) / STATE).is_file():
+        return False
+    problem = checkpoint_problem(directory)
+    if problem is not None:
+        log.warning("not resuming from checkpoint %s: %s; the step restarts from its beginning", directory, problem)
+    return problem is None
 
 
 def load_trainer_checkpoint(directory: Path, model, optimizer=None) -> dict:
@@ -49,8 +89,12 @@ def load_trainer_checkpoint(directory: Path, model, optimizer=None) -> dict:
     if optimizer is not None:
         tensors = load_file(str(directory / OPTIMIZER))
         optimizer.load_state_dict(_unflatten_optimizer(tensors, saved["optimizer"], device))
-        _set_rng_state(load_file(str(directory / RNG)))
     return saved["loop"]
+
+
+def load_rng(directory: Path) -> dict[str, torch.Tensor]:
+    """The named RNG state tensors saved with a checkpoint."""
+    return load_file(str(Path(directory) / RNG))
 
 
 def _flatten_optimizer(state_dict: dict) -> tuple[dict[str, torch.Tensor], dict]:
@@ -82,11 +126,3 @@ def _rng_state() -> dict[str, torch.Tensor]:
         for i, s in enumerate(torch.cuda.get_rng_state_all()):
             states[f"cuda{i}"] = s
     return states
-
-
-def _set_rng_state(states: dict[str, torch.Tensor]) -> None:
-    torch.set_rng_state(states["cpu"])
-    if torch.cuda.is_available():
-        cuda = [states[k] for k in sorted(k for k in states if k.startswith("cuda"))]
-        if len(cuda) == torch.cuda.device_count():
-            torch.cuda.set_rng_state_all(cuda)

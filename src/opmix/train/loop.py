@@ -2,7 +2,13 @@
 
 Built on ``accelerate`` so that ``accelerate launch`` runs it data-parallel unchanged: each process draws its own
 batches (its sampler is seeded with its rank) and gradients are averaged by accelerate's DDP wrapper. The whole loop
-state (step, optimizer, sampler, RNG) is saved and restored together, so a resumed run equals an uninterrupted one.
+state (step, optimizer, sampler, RNG) is saved and restored together, so a resumed run equals an uninterrupted one;
+with several processes, rank 0 writes the checkpoint holding every rank's sampler and RNG state.
+
+The trainer owns its random state: dropout (e.g. a LoRA probe's) draws from torch's global generator, so each
+optimizer step runs with the global generator swapped for the trainer's own, seeded by ``seed``. A step's
+randomness then depends only on the trainer's seed and step, not on what else ran earlier in the process, which
+is what makes a resumed run (a fresh process) bit-identical to an uninterrupted one.
 Full training and LoRA probes use this same loop; a probe is simply a model whose only trainable parameters are its
 adapters.
 """
@@ -12,14 +18,15 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable
-from contextlib import nullcontext
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import torch
 
 from opmix.errors import OpmixError
-from opmix.train.checkpoint import load_trainer_checkpoint, save_trainer_checkpoint
+from opmix.run.faults import fault_point
+from opmix.train.checkpoint import load_rng, load_trainer_checkpoint, save_trainer_checkpoint
 from opmix.train.schedule import WSDSchedule
 
 log = logging.getLogger(__name__)
@@ -56,6 +63,7 @@ class Trainer:
         grad_accum: int = 1,
         start_step: int = 0,
         stage: str = "train",
+        seed: int = 0,
     ):
         self.accelerator = accelerator
         self.sampler = sampler
@@ -68,6 +76,8 @@ class Trainer:
         self.tokens_trained = 0
         self.seconds = 0.0
         self.last_loss = float("nan")
+        self.last_checkpoint: tuple[Path, int] | None = None  # (folder, step) of the last save or load
+        self._rng = self._seeded_rng(seed)
         trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
         # no weight decay on gains and biases (1-D tensors), as usual for transformers
         groups = [
@@ -105,9 +115,14 @@ class Trainer:
             if checkpoint_dir is not None and checkpoint_every and self.step % checkpoint_every == 0:
                 if self.step < end_step:
                     self.save(checkpoint_dir)
+            fault_point(f"step:{self.stage}")
         progress.close()
 
     def _optimizer_step(self) -> float:
+        with self._own_rng():
+            return self._update()
+
+    def _update(self) -> float:
         lr = self.peak_lr * self.schedule(self.step)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
@@ -123,37 +138,81 @@ class Trainer:
             total += loss.detach().float().item() / self.grad_accum
             self.tokens_trained += input_ids.numel() * self.accelerator.num_processes
         if not math.isfinite(total):
-            raise OpmixError(
-                f"the training loss became {total} at step {self.step} of {self.stage}; "
-                "the last good checkpoint is kept",
-                "lower train.lr (or raise train.warmup_fraction) and re-run the same command to resume",
-            )
-        self.accelerator.clip_grad_norm_(self._params, self.grad_clip)
+            raise self._diverged(f"the training loss became {total}")
+        norm = self.accelerator.clip_grad_norm_(self._params, self.grad_clip)
+        if norm is not None and not math.isfinite(float(norm)):
+            # checked before the update, so no non-finite value ever reaches the weights or a checkpoint
+            raise self._diverged(f"the gradient norm became {float(norm)}")
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.last_loss = total
         return total
 
+    def _diverged(self, what: str) -> OpmixError:
+        if self.last_checkpoint is None:
+            kept = "no checkpoint of this stage was written (train.checkpoint_every is 0 or not reached)"
+        else:
+            kept = f"the last good checkpoint (step {self.last_checkpoint[1]}) is kept in {self.last_checkpoint[0]}"
+        return OpmixError(
+            f"{what} at step {self.step} of {self.stage}; training stopped and {kept}",
+            "lower train.lr (or raise train.warmup_fraction, or lower train.grad_clip) and start a new run with "
+            "another --out (a resumed run must keep its config)",
+        )
+
     def unwrapped_model(self) -> torch.nn.Module:
         return self.accelerator.unwrap_model(self.model)
 
+    # -- random state: the trainer's own, swapped in for each step -----------------------------------------
+    def _cuda(self) -> torch.device | None:
+        device = self.accelerator.device
+        return device if device.type == "cuda" else None
+
+    def _seeded_rng(self, seed: int) -> dict[str, torch.Tensor]:
+        cuda = self._cuda()
+        with torch.random.fork_rng(devices=[cuda] if cuda is not None else []):
+            torch.manual_seed(seed)
+            return self._global_rng()
+
+    def _global_rng(self) -> dict[str, torch.Tensor]:
+        cuda = self._cuda()
+        state = {"cpu": torch.get_rng_state()}
+        if cuda is not None:
+            state["cuda"] = torch.cuda.get_rng_state(cuda)
+        return state
+
+    @contextmanager
+    def _own_rng(self) -> Iterator[None]:
+        cuda = self._cuda()
+        with torch.random.fork_rng(devices=[cuda] if cuda is not None else []):
+            torch.set_rng_state(self._rng["cpu"])
+            if cuda is not None and "cuda" in self._rng:
+                torch.cuda.set_rng_state(self._rng["cuda"], cuda)
+            yield
+            self._rng = self._global_rng()
+
     # -- state: one dict for the whole loop, like a stateful trainer --------------------------------------
     def save(self, directory: Path) -> None:
-        """Trainable weights, optimizer, sampler, step and RNG, written atomically (safetensors + JSON)."""
+        """Trainable weights, optimizer, sampler, step and RNG, written atomically (safetensors + JSON).
+
+        Every process draws its own batches and dropout masks, so rank 0 gathers all ranks' sampler and RNG
+        states and writes them together (``rank_samplers``, ``rank<r>.<device>`` tensors)."""
+        from accelerate.utils import gather_object
+
+        ranks = gather_object([{"sampler": self.sampler.state_dict(), "rng": self._rng}])
         if self.accelerator.is_main_process:
-            save_trainer_checkpoint(
-                directory,
-                model=self.unwrapped_model(),
-                optimizer=self.optimizer,
-                loop_state={
-                    "step": self.step,
-                    "stage": self.stage,
-                    "tokens_trained": self.tokens_trained,
-                    "seconds": self.seconds,
-                    "sampler": self.sampler.state_dict(),
-                },
-            )
+            loop_state = {
+                "step": self.step,
+                "stage": self.stage,
+                "tokens_trained": self.tokens_trained,
+                "seconds": self.seconds,
+                "sampler": ranks[0]["sampler"],
+            }
+            if len(ranks) > 1:
+                loop_state["rank_samplers"] = [r["sampler"] for r in ranks]
+            rng = {f"rank{i}.{kind}": t for i, r in enumerate(ranks) for kind, t in r["rng"].items()}
+            save_trainer_checkpoint(directory, self.unwrapped_model(), self.optimizer, loop_state, rng=rng)
         self.accelerator.wait_for_everyone()
+        self.last_checkpoint = (Path(directory), self.step)
 
     def load(self, directory: Path, weights_only: bool = False) -> None:
         """Restore a checkpoint. ``weights_only`` keeps this trainer's fresh optimizer/sampler (a new branch)."""
@@ -164,4 +223,11 @@ class Trainer:
             self.step = loop_state["step"]
             self.tokens_trained = loop_state["tokens_trained"]
             self.seconds = loop_state["seconds"]
-            self.sampler.load_state_dict(loop_state["sampler"])
+            rank = self.accelerator.process_index
+            samplers = loop_state.get("rank_samplers") or [loop_state["sampler"]]
+            self.sampler.load_state_dict(samplers[rank] if rank < len(samplers) else samplers[0])
+            prefix = f"rank{rank}."
+            saved = {k.removeprefix(prefix): t for k, t in load_rng(directory).items() if k.startswith(prefix)}
+            if "cpu" in saved:  # a checkpoint without this rank's state keeps the seeded one
+                self._rng = {"cpu": saved["cpu"], **({"cuda": saved["cuda"]} if "cuda" in saved else {})}
+            self.last_checkpoint = (Path(directory), self.step)

@@ -178,3 +178,30 @@ def test_batch_encode_is_fast(tok, tmp_path):
     dom = prepare_domain("big", [path], tok, 512, tmp_path / "c")
     assert time.perf_counter() - started < 5.0
     assert dom.train_tokens + dom.eval_tokens > 1_500_000
+
+
+def test_damaged_entry_is_rebuilt_not_trusted(tmp_path, tok, monkeypatch):
+    src = write_docs(tmp_path / "d.jsonl", [f"document {i} " * 20 for i in range(30)])
+    first = prepare_domain("d", [src], tok, 16, tmp_path / "cache", eval_fraction=0.1)
+    train = first.path / "train.npy"
+    expected = np.array(first.train)
+    train.write_bytes(train.read_bytes()[:-64])  # truncated after the entry was complete
+    calls = counting_encoder(monkeypatch)
+    again = prepare_domain("d", [src], tok, 16, tmp_path / "cache", eval_fraction=0.1)
+    assert calls and np.array_equal(np.array(again.train), expected)
+
+
+def test_killed_tokenization_leaves_no_entry_that_looks_done(tmp_path, tok, monkeypatch):
+    src = write_docs(tmp_path / "d.jsonl", [f"document {i} " * 20 for i in range(30)])
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt  # stands in for a kill between the train and eval arrays
+
+    monkeypatch.setattr(cache_module, "fault_point", killed)
+    with pytest.raises(KeyboardInterrupt):
+        prepare_domain("d", [src], tok, 16, tmp_path / "cache", eval_fraction=0.1)
+    assert not list((tmp_path / "cache").rglob("meta.json"))
+    monkeypatch.undo()
+    calls = counting_encoder(monkeypatch)
+    prepare_domain("d", [src], tok, 16, tmp_path / "cache", eval_fraction=0.1)
+    assert calls  # tokenized again
