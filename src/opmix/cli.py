@@ -18,7 +18,11 @@ log = logging.getLogger("opmix")
 
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra and args.command == "continual" and not any(e.startswith("-") for e in extra):
+        args.overrides += extra  # `opmix continual demo --out DIR a.b=c`: overrides after the options
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     logging.basicConfig(level=logging.INFO if not args.quiet else logging.WARNING, format="%(message)s")
     # deprecation notices that PEFT triggers inside transformers say nothing to an opmix user
     warnings.filterwarnings("ignore", category=FutureWarning, module="transformers")
@@ -41,6 +45,8 @@ def _parser() -> argparse.ArgumentParser:
     pretrain.add_argument("--config", "-c", type=Path, required=True, help="YAML config (see examples/)")
     pretrain.add_argument("--out", "-o", type=Path, required=True, help="run directory (re-run to resume)")
     pretrain.add_argument("--baseline", choices=["none", "erm"], default=None, help="also train this baseline")
+    pretrain.add_argument("--trust-remote-code", action="store_true",
+                          help="allow running the model directory's own Python code (auto_map); review it first")
     pretrain.add_argument("overrides", nargs="*", help="config overrides, e.g. train.steps=2000")
     pretrain.set_defaults(handler=_pretrain)
 
@@ -65,6 +71,7 @@ def _pretrain(args: argparse.Namespace) -> int:
     from opmix.config import PretrainConfig, load_config
 
     overrides = list(args.overrides) + ([f"baseline={args.baseline}"] if args.baseline else [])
+    overrides += ["model.trust_remote_code=true"] if args.trust_remote_code else []
     cfg = load_config(args.config, PretrainConfig, overrides)
     return _run_pretrain(cfg, args.out)
 
@@ -92,8 +99,7 @@ def _run_pretrain(cfg, out: Path) -> int:
         with run_dir.lock():
             summary = pretrain.run(cfg, run_dir)
     except OpmixError:
-        steps = run_dir.root / "steps"
-        if fresh and not (steps.is_dir() and any(steps.iterdir())):
+        if fresh and not run_dir.has_progress():  # keep finished steps and checkpoints (e.g. before a NaN loss)
             shutil.rmtree(out, ignore_errors=True)  # nothing finished: leave no partial run behind
         raise
     print(format_summary(summary))

@@ -1,0 +1,101 @@
+"""OP-Mix for continual midtraining (SPEC section 3, "Continual midtraining"); with ``run: grid``, also the grid
+oracle from the same checkpoint at every stage (SPEC section 4).
+
+    Stage 1: train on 100% D1.
+    Stage k >= 2 (p = stage k-1's mixture over D1..Dk-1):
+      - two probes from the current checkpoint: old probe on 0.9*p + 0.1*Dk, new probe on 0.1*p + 0.9*Dk.
+      - 9 proxies on the segment between them: theta_0 + (1-a)*Delta_old + a*Delta_new, a in {0, 1/8, ..., 1};
+        the regression coordinate is the effective new-data fraction r = 0.1 + 0.8a (old = 1 - r), not a.
+      - laws on the eval splits of D1..Dk; prior q: Dk = 0.5, each old domain d = 0.5 * p[d]; lambda = 0.05.
+      - full training for the stage budget on w = x_old*p + x_new*e_k; then p <- w for the next stage.
+      - each stage draws fresh (disjoint) data from every domain where the data allows.
+"""
+
+from __future__ import annotations
+
+import time
+
+from opmix.config.continual import ContinualConfig
+from opmix.continual.grid import grid_report, sweep_grid
+from opmix.continual.report import continual_summary, stage_record
+from opmix.continual.segment import (
+    continual_prior,
+    effective_new_fraction,
+    law_coordinates,
+    probe_mixtures,
+    proxy_weights,
+    segment_points,
+    stage_expansion,
+    stage_mixture,
+)
+from opmix.continual.training import StageSchedule
+from opmix.diagnostics import segment_warnings
+from opmix.domains import OLD
+from opmix.report import export_model
+from opmix.run.rundir import RunDir
+from opmix.search import propose_mixture
+from opmix.stages import evaluate_proxies, train_full, train_probe
+from opmix.workspace import open_workspace
+
+
+def run(cfg: ContinualConfig, run_dir: RunDir) -> dict:
+    started = time.perf_counter()
+    run_dir.save_config(cfg.model_dump(mode="json"))  # a resumed run must use the same settings
+    ws = open_workspace(run_dir, cfg.model, cfg.tokenizer, cfg.domains, cfg.data, cfg.train, cfg.seed)
+    method, order, S, t = cfg.method, cfg.domain_names, cfg.train.steps, cfg.train
+    a = segment_points(method.n_proxies)
+    r = effective_new_fraction(a, method.old_probe_share, method.new_probe_share)  # 0.1 + 0.8a
+
+    def schedule(k: int) -> StageSchedule:  # stage k's own WSD schedule over global steps (k-1)S .. kS
+        return StageSchedule.for_stage((k - 1) * S, S, t.warmup_fraction, t.decay_fraction, t.final_lr_ratio)
+
+    # Stage 1: 100% D1, from the starting model.
+    p = {order[0]: 1.0}
+    checkpoint = train_full(ws, "s1_train", p, schedule(1), end_step=S)
+    stages = [stage_record(ws, 1, order[:1], "s1_train", p)]
+
+    for k in range(2, len(order) + 1):
+        new, seen = order[k - 1], order[: k]
+
+        # 1. Probes from the current checkpoint: old on 0.9p + 0.1Dk, new on 0.1p + 0.9Dk; 2x rate, no warmup.
+        data = probe_mixtures(p, new, method.old_probe_share, method.new_probe_share)
+        adapters = [
+            train_probe(ws, f"s{k}_probe_{name}", checkpoint, data[c], cfg.probe_steps,
+                        lr=method.probe_lr_multiplier * t.lr, decay_fraction=method.probe_decay_fraction,
+                        lora=method.lora.model_dump(), sampler_offset=1000 * k + i)
+            for i, (name, c) in enumerate([("old", OLD), ("new", new)])
+        ]
+
+        # 2. Proxies theta_0 + (1-a) Delta_old + a Delta_new, evaluated on every domain's eval split.
+        Y = evaluate_proxies(ws, f"s{k}_proxies", checkpoint, adapters, ["probe_old", "probe_new"],
+                             proxy_weights(a), table=ws.run.path(f"s{k}_proxies", "proxies.csv"))
+        Y = Y[:, : k]  # (P, k): the seen domains D1..Dk (workspace domains are in arrival order)
+
+        # 3-4. Laws on the effective fraction r, expanded prior, proposer: x = [x_old, x_new].
+        proposal = propose_mixture(
+            ws.run, f"s{k}_propose", law_coordinates(r), Y, [OLD, new], seen,
+            own_components=[0] * (k - 1) + [1], prior=continual_prior(p, new, seen, method.prior_new_weight),
+            expansion=stage_expansion(p, new, seen), kl_weight=method.proposer.kl_weight,
+            law_settings=method.law.model_dump(), solver=method.proposer.solver, seed=cfg.seed,
+        )
+        x_new = proposal.components[new]
+        w = stage_mixture(x_new, p, new, seen)
+
+        # Grid oracle (run: grid): full training at r = 0.1 ... 0.9 from this same checkpoint.
+        grid = None
+        if cfg.run == "grid":
+            b = cfg.baselines
+            grid = sweep_grid(ws, k, checkpoint, p, new, seen, b.grid, b.grid_seeds, schedule(k), k * S)
+
+        # 5. Full training for the stage budget on w, continuing the previous stage (weights, optimizer, data).
+        checkpoint = train_full(ws, f"s{k}_train", w, schedule(k), end_step=k * S, start_from=checkpoint)
+        record = stage_record(ws, k, seen, f"s{k}_train", w, proposal.components,
+                              proposal.warnings + segment_warnings(r, Y, seen), previous_step=f"s{k - 1}_train",
+                              proxies={"r": r.tolist(), "eval_loss": Y.tolist()})
+        if grid is not None:
+            record["grid"] = grid_report(grid, x_new, record["mean_eval_loss"], r, Y)
+        stages.append(record)
+        p = w  # carried to the next stage
+
+    export_model(ws, checkpoint, ws.run.path("final", "model"))
+    return continual_summary(ws, cfg.run, stages, started)

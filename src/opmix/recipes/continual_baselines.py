@@ -1,0 +1,91 @@
+"""Continual-midtraining baselines (SPEC section 4), each under OP-Mix's per-stage budget of ``train.steps`` steps.
+
+    sequential: 100% new data at every stage.          replay: 90% new + 10% old, the old part split by p.
+    fifty:      50% new + 50% old, split by p.         (stage 1 of all three: 100% D1, as OP-Mix's stage 1)
+    retrain:    at stage k, from the starting model, k stages' worth of steps (all the data seen so far) on
+                the seen domains, uniform (or by size); its own WSD schedule over those k*S steps.
+    lora-merge: at every stage a LoRA (OP-Mix's probe settings) trained for S steps on 100% new data from the
+                current model, then theta <- theta + scale * Delta instead of full training.
+"""
+
+from __future__ import annotations
+
+import time
+
+from opmix.config.continual import ContinualConfig
+from opmix.continual.report import continual_summary, stage_record
+from opmix.continual.segment import stage_mixture
+from opmix.continual.training import StageSchedule, merge_lora, start_checkpoint
+from opmix.domains import normalize, uniform
+from opmix.report import export_model
+from opmix.run.rundir import RunDir
+from opmix.stages import train_full, train_probe
+from opmix.workspace import open_workspace
+
+
+def run(cfg: ContinualConfig, run_dir: RunDir) -> dict:
+    started = time.perf_counter()
+    run_dir.save_config(cfg.model_dump(mode="json"))  # a resumed run must use the same settings
+    ws = open_workspace(run_dir, cfg.model, cfg.tokenizer, cfg.domains, cfg.data, cfg.train, cfg.seed)
+    b = cfg.baselines
+    if cfg.run == "retrain":
+        stages, checkpoint = _retrain(cfg, ws)
+    elif cfg.run == "lora-merge":
+        stages, checkpoint = _lora_merge(cfg, ws)
+    else:
+        fraction = {"sequential": 1.0, "replay": b.replay_new_fraction, "fifty": b.fifty_new_fraction}[cfg.run]
+        stages, checkpoint = _fixed(cfg, ws, fraction)
+    export_model(ws, checkpoint, ws.run.path("final", "model"))
+    return continual_summary(ws, cfg.run, stages, started)
+
+
+def _schedule(cfg: ContinualConfig, start: int, steps: int) -> StageSchedule:
+    t = cfg.train
+    return StageSchedule.for_stage(start, steps, t.warmup_fraction, t.decay_fraction, t.final_lr_ratio)
+
+
+def _fixed(cfg: ContinualConfig, ws, new_fraction: float):
+    """A fixed new-data fraction: w = (1 - f) p + f e_k, continuing the previous stage; p <- w."""
+    order, S = cfg.domain_names, cfg.train.steps
+    p = {order[0]: 1.0}
+    checkpoint = train_full(ws, "s1_train", p, _schedule(cfg, 0, S), end_step=S)
+    stages = [stage_record(ws, 1, order[:1], "s1_train", p)]
+    for k in range(2, len(order) + 1):
+        seen = order[:k]
+        w = stage_mixture(new_fraction, p, order[k - 1], seen)
+        checkpoint = train_full(ws, f"s{k}_train", w, _schedule(cfg, (k - 1) * S, S), end_step=k * S,
+                                start_from=checkpoint)
+        stages.append(stage_record(ws, k, seen, f"s{k}_train", w, previous_step=f"s{k - 1}_train"))
+        p = w
+    return stages, checkpoint
+
+
+def _retrain(cfg: ContinualConfig, ws):
+    """From the starting model at every stage: k*S steps on the union of D1..Dk (stage 1 is OP-Mix's stage 1)."""
+    order, S = cfg.domain_names, cfg.train.steps
+    stages = []
+    for k in range(1, len(order) + 1):
+        seen = order[:k]
+        if cfg.baselines.retrain_mixture == "natural":
+            w = normalize({d: ws.domains[d].train_tokens for d in seen}, "retrain mixture")
+        else:
+            w = uniform(seen)
+        step = "s1_train" if k == 1 else f"s{k}_retrain"  # stage 1 is the same run as every method's
+        checkpoint = train_full(ws, step, w, _schedule(cfg, 0, k * S), end_step=k * S)
+        stages.append(stage_record(ws, k, seen, step, w, retrain_steps=k * S))
+    return stages, checkpoint
+
+
+def _lora_merge(cfg: ContinualConfig, ws):
+    """Every stage: a LoRA on 100% D_k from the current model, merged into it with ``lora_merge_scale``."""
+    order, S, m = cfg.domain_names, cfg.train.steps, cfg.method
+    checkpoint = start_checkpoint(ws)
+    stages = []
+    for k in range(1, len(order) + 1):
+        seen, w = order[:k], {order[k - 1]: 1.0}
+        adapter = train_probe(ws, f"s{k}_lora", checkpoint, w, S, lr=m.probe_lr_multiplier * cfg.train.lr,
+                              decay_fraction=cfg.train.decay_fraction, lora=m.lora.model_dump(),
+                              sampler_offset=1000 * k + 7)
+        checkpoint = merge_lora(ws, f"s{k}_merge", checkpoint, adapter, cfg.baselines.lora_merge_scale)
+        stages.append(stage_record(ws, k, seen, f"s{k}_merge", w))
+    return stages, checkpoint
