@@ -6,8 +6,8 @@ from __future__ import annotations
 import argparse
 import logging
 import shutil
-import warnings
 import sys
+import warnings
 from datetime import datetime
 from pathlib import Path
 
@@ -62,6 +62,8 @@ def _parser() -> argparse.ArgumentParser:
     continual.add_argument("--out", "-o", type=Path, default=None, help="run directory (re-run to resume)")
     continual.add_argument("--method", default=None, choices=["opmix", "sequential", "replay", "fifty", "retrain",
                                                               "lora-merge", "grid"], help="OP-Mix or a baseline")
+    continual.add_argument("--trust-remote-code", action="store_true",
+                           help="allow running the model directory's own Python code (auto_map); review it first")
     continual.add_argument("overrides", nargs="*", help="`demo`, then config overrides, e.g. train.steps=200")
     continual.set_defaults(handler=_continual)
     return parser
@@ -89,6 +91,13 @@ def _demo(args: argparse.Namespace) -> int:
 def _run_pretrain(cfg, out: Path) -> int:
     from opmix.recipes import pretrain
     from opmix.report import format_summary
+
+    return _run_recipe(pretrain.run, cfg, out, format_summary)
+
+
+def _run_recipe(run, cfg, out: Path, describe) -> int:
+    """Check inputs, hold the run directory's lock, run; on a user error leave no run directory behind unless
+    something finished (kept checkpoints let the user inspect or resume)."""
     from opmix.run.rundir import RunDir
     from opmix.workspace import check_inputs
 
@@ -97,12 +106,12 @@ def _run_pretrain(cfg, out: Path) -> int:
     run_dir = RunDir(out)
     try:
         with run_dir.lock():
-            summary = pretrain.run(cfg, run_dir)
+            summary = run(cfg, run_dir)
     except OpmixError:
-        if fresh and not run_dir.has_progress():  # keep finished steps and checkpoints (e.g. before a NaN loss)
-            shutil.rmtree(out, ignore_errors=True)  # nothing finished: leave no partial run behind
+        if fresh and not run_dir.has_progress():
+            shutil.rmtree(out, ignore_errors=True)
         raise
-    print(format_summary(summary))
+    print(describe(summary))
     print(f"run directory: {out}")
     return 0
 
@@ -125,6 +134,7 @@ def _continual(args: argparse.Namespace) -> int:
     else:
         raw, out = None, args.out
     overrides += [f"run={args.method}"] if args.method else []
+    overrides += ["model.trust_remote_code=true"] if args.trust_remote_code else []
     cfg = load_config(args.config if raw is None else None, ContinualConfig, overrides, raw=raw)
     return _run_continual(cfg, out)
 
@@ -132,16 +142,9 @@ def _continual(args: argparse.Namespace) -> int:
 def _run_continual(cfg, out: Path) -> int:
     from opmix.continual.report import format_continual
     from opmix.recipes import continual, continual_baselines
-    from opmix.run.rundir import RunDir
-    from opmix.workspace import check_inputs
 
-    check_inputs(cfg.model, cfg.domains)  # before anything is written
     recipe = continual if cfg.run in ("opmix", "grid") else continual_baselines
-    with RunDir(out).lock() as run_dir:
-        summary = recipe.run(cfg, run_dir)
-    print(format_continual(summary))
-    print(f"run directory: {out}")
-    return 0
+    return _run_recipe(recipe.run, cfg, out, format_continual)
 
 
 if __name__ == "__main__":
