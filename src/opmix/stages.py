@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import logging
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -108,9 +109,10 @@ def train_probe(
 
 def evaluate_proxies(
     ws: Workspace, step: str, base: Path, adapters: Sequence[Path], components: Sequence[str], X: np.ndarray,
-    table: Path | None = None,
+    table: Path | None = None, eval_domains: Sequence[str] | None = None,
 ) -> np.ndarray:
-    """Eval losses (P, n_domains) of the proxies ``theta_0 + sum_c X[p, c] Delta_c``, one row per proxy.
+    """Eval losses (P, n_domains) of the proxies ``theta_0 + sum_c X[p, c] Delta_c``, one row per proxy, on
+    ``eval_domains`` (default: every domain; the continual recipe evaluates only the domains seen so far).
 
     Rows are appended to ``table`` (default ``proxies.csv``; a run with several searches gives each its own) as they
     finish, so an interrupted evaluation resumes at the next proxy."""
@@ -118,7 +120,8 @@ def evaluate_proxies(
     from opmix.probes.proxy import ProxyModel
 
     table = table if table is not None else ws.run.path("proxies.csv")
-    domains = ws.domain_names
+    domains = list(eval_domains) if eval_domains is not None else ws.domain_names
+    eval_sets = {d: ws.domains[d].eval for d in domains}
     rows = _read_rows(table) if table.is_file() else []
     if ws.run.is_done(step) and len(rows) == len(X):
         return np.array([[float(r[f"loss_{d}"]) for d in domains] for r in rows])
@@ -128,14 +131,12 @@ def evaluate_proxies(
     rows = rows[:kept]  # the rows of these proxies, in order: evaluation resumes after the last of them
     model = load_weights(ws, base)
     proxy = ProxyModel(model, [load_probe(a, device=ws.accelerator.device) for a in adapters])
-    eval_tokens = sum(d.eval.size for d in ws.domains.values())
-    import time
-
+    eval_tokens = sum(sequences.size for sequences in eval_sets.values())
     started = time.perf_counter()
     with proxy:
         for index in range(len(rows), len(X)):
             proxy.set_weights(X[index].tolist())
-            losses = evaluate(model, ws.eval_sets(), ws.train.eval_batch_size)
+            losses = evaluate(model, eval_sets, ws.train.eval_batch_size)
             rows.append({"proxy": index, **{f"w_{c}": float(v) for c, v in zip(components, X[index])},
                          **{f"loss_{d}": losses[d] for d in domains}})
             write_csv(table, rows, list(rows[0]))

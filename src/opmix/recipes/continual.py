@@ -66,10 +66,11 @@ def run(cfg: ContinualConfig, run_dir: RunDir) -> dict:
             for i, (name, c) in enumerate([("old", OLD), ("new", new)])
         ]
 
-        # 2. Proxies theta_0 + (1-a) Delta_old + a Delta_new, evaluated on every domain's eval split.
+        # 2. Proxies theta_0 + (1-a) Delta_old + a Delta_new, evaluated on the eval split of every seen domain.
         Y = evaluate_proxies(ws, f"s{k}_proxies", checkpoint, adapters, ["probe_old", "probe_new"],
-                             proxy_weights(a), table=ws.run.path(f"s{k}_proxies", "proxies.csv"))
-        Y = Y[:, : k]  # (P, k): the seen domains D1..Dk (workspace domains are in arrival order)
+                             proxy_weights(a), table=ws.run.path(f"s{k}_proxies", "proxies.csv"),
+                             eval_domains=seen)
+        # Y: (P, k) eval losses on the seen domains D1..Dk
 
         # 3-4. Laws on the effective fraction r, expanded prior, proposer: x = [x_old, x_new].
         proposal = propose_mixture(
