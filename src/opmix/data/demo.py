@@ -65,7 +65,7 @@ def _stdlib_files() -> list[Path]:
     return sorted(files, key=lambda p: p.relative_to(root).parts)
 
 
-def _read_utf8(path: Path) -> str | None:
+def read_utf8(path: Path) -> str | None:
     try:
         return path.read_bytes().decode("utf-8")
     except (OSError, UnicodeDecodeError):
@@ -75,7 +75,7 @@ def _read_utf8(path: Path) -> str | None:
 def _code_documents(max_bytes: int) -> list[str]:
     files = _stdlib_files()
     chosen = _select([f.stat().st_size for f in files], max_bytes)  # file size == UTF-8 size: no reading needed
-    return [text for text in (_read_utf8(files[i]) for i in chosen) if text and text.strip()]
+    return [text for text in (read_utf8(files[i]) for i in chosen) if text and text.strip()]
 
 
 def _prose_documents(max_bytes: int) -> list[str]:
@@ -83,15 +83,15 @@ def _prose_documents(max_bytes: int) -> list[str]:
         from pydoc_data.topics import topics
     except ImportError:
         log.info("pydoc_data is missing from this Python; using stdlib docstrings as the prose domain")
-        return _pick(_docstring_documents(), max_bytes)
+        return pick_documents(docstring_documents(), max_bytes)
     docs = [topics[name] for name in sorted(topics) if isinstance(topics[name], str) and topics[name].strip()]
-    return _pick(docs, max_bytes)
+    return pick_documents(docs, max_bytes)
 
 
-def _docstring_documents() -> list[str]:
+def docstring_documents() -> list[str]:
     docs = []
     for path in _stdlib_files():
-        text = _read_utf8(path)
+        text = read_utf8(path)
         try:
             tree = ast.parse(text or "")
         except SyntaxError:
@@ -131,7 +131,7 @@ def _record_documents(max_bytes: int) -> list[str]:
     # about 92 bytes of fields), format only those, then cut exactly at the cap.
     estimates = [sum(len(name) + 92 for _, name in group) for group in groups]
     docs = ["\n".join(_record_line(cp, name) for cp, name in groups[i]) + "\n" for i in _select(estimates, max_bytes)]
-    return _pick(docs, max_bytes)
+    return pick_documents(docs, max_bytes)
 
 
 def _select(sizes: list[int], max_bytes: int) -> list[int]:
@@ -147,7 +147,7 @@ def _select(sizes: list[int], max_bytes: int) -> list[int]:
     return chosen
 
 
-def _pick(docs: list[str], max_bytes: int) -> list[str]:
+def pick_documents(docs: list[str], max_bytes: int) -> list[str]:
     return [docs[i] for i in _select([len(d.encode("utf-8")) for d in docs], max_bytes)]
 
 
@@ -182,25 +182,34 @@ def _write_shards(folder: Path, docs: list[str]) -> list[Path]:
 
 def build_demo_corpus(out_dir, max_bytes: int = DEFAULT_MAX_BYTES) -> dict[str, list[Path]]:
     """Write the demo domains under ``out_dir`` (skipped when already built with these settings); domain -> files."""
+    builders = {"code": _code_documents, "prose": _prose_documents, "records": _record_documents}
+    return write_corpus(out_dir, MARKER, DEMO_FORMAT, {d: builders[d] for d in DEMO_DOMAINS}, max_bytes, "demo")
+
+
+def write_corpus(out_dir, marker_name: str, version: int, builders, max_bytes: int, label: str) -> dict[str, list[Path]]:
+    """Build each domain's documents with ``builders[domain](max_bytes)`` and write them as JSONL shards; a marker
+    (written last) records the settings, so a second call with the same settings reuses the files."""
     if max_bytes < 1:
-        raise OpmixError(f"demo max_bytes must be >= 1, got {max_bytes}", "give a positive byte cap per domain")
+        raise OpmixError(f"{label} max_bytes must be >= 1, got {max_bytes}", "give a positive byte cap per domain")
     out = Path(out_dir)
-    settings = {"format": DEMO_FORMAT, "max_bytes": int(max_bytes), "python": sys.version.split()[0]}
-    marker = out / MARKER
+    settings = {"format": version, "max_bytes": int(max_bytes), "python": sys.version.split()[0]}
+    marker = out / marker_name
     if marker.is_file():
         recorded = json.loads(marker.read_text())
         paths = {d: [out / p for p in files] for d, files in recorded.get("domains", {}).items()}
         if recorded.get("settings") == settings and all(p.is_file() for ps in paths.values() for p in ps):
-            log.info("demo corpus already built in %s", out)
+            log.info("%s corpus already built in %s", label, out)
             return paths
-    builders = {"code": _code_documents, "prose": _prose_documents, "records": _record_documents}
     result: dict[str, list[Path]] = {}
     sizes: dict[str, int] = {}
-    for domain in DEMO_DOMAINS:
-        docs = builders[domain](max_bytes)
+    for domain, build in builders.items():
+        docs = build(max_bytes)
+        if not docs:
+            raise OpmixError(f"found no text for the {label} domain {domain!r} in this Python installation",
+                             "use your own domains in a config (--config FILE)")
         result[domain] = _write_shards(out / domain, docs)
         sizes[domain] = sum(len(d.encode("utf-8")) for d in docs)
-        log.info("demo domain %r: %d documents, %d bytes", domain, len(docs), sizes[domain])
+        log.info("%s domain %r: %d documents, %d bytes", label, domain, len(docs), sizes[domain])
     record = {
         "settings": settings,
         "bytes": sizes,
