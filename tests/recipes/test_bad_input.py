@@ -36,7 +36,9 @@ def _case_unknown_config_key(raw, tmp):
 
 
 def _case_not_a_causal_lm(raw, tmp):
-    from transformers import DistilBertConfig  # an encoder with no causal-LM head in transformers
+    from transformers import (
+        DistilBertConfig,  # an encoder with no causal-LM head in transformers
+    )
 
     DistilBertConfig(vocab_size=300, dim=16, n_layers=1, n_heads=2, hidden_dim=32).save_pretrained(tmp / "enc")
     raw["model"] = {"path": str(tmp / "enc")}

@@ -6,8 +6,6 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from opmix.domains import normalize
-from opmix.errors import OpmixError
 from opmix.config.base import (
     DataConfig,
     DomainConfig,
@@ -18,6 +16,8 @@ from opmix.config.base import (
     Section,
     TrainConfig,
 )
+from opmix.domains import normalize
+from opmix.errors import OpmixError
 
 
 class PretrainMethodConfig(Section):

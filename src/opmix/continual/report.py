@@ -95,7 +95,7 @@ def format_continual(summary: dict) -> str:
             lines.append(f"  {'':<6}grid best r={grid['best_r']:.2f} loss {grid['best_loss']:.4f}; chosen r="
                          f"{grid['chosen_r']:.3f}, regret {100 * grid['regret']:+.2f}%, proxy/real Spearman "
                          f"{grid['fidelity_spearman']:+.2f}")
-    lines.append(f"compute (FLOPs): " + ", ".join(f"{g} {v:.3e}" for g, v in summary["flops"].items() if v))
+    lines.append("compute (FLOPs): " + ", ".join(f"{g} {v:.3e}" for g, v in summary["flops"].items() if v))
     lines += [f"warning: {w}" for w in summary["warnings"]]
     lines.append(f"elapsed: {summary['elapsed_s']:.1f} s")
     return "\n".join(lines)

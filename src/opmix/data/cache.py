@@ -33,7 +33,12 @@ from pathlib import Path
 
 import numpy as np
 
-from opmix.data.readers import is_pretokenized, list_files, read_documents, read_token_arrays
+from opmix.data.readers import (
+    is_pretokenized,
+    list_files,
+    read_documents,
+    read_token_arrays,
+)
 from opmix.errors import OpmixError
 from opmix.run.atomic import atomic_file, write_json
 from opmix.run.faults import fault_point

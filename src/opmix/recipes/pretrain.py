@@ -19,7 +19,7 @@ from opmix.propose import repetition_caps
 from opmix.report import export_model, run_summary
 from opmix.run.rundir import RunDir
 from opmix.search import propose_mixture
-from opmix.stages import train_full, train_probe, evaluate_proxies
+from opmix.stages import evaluate_proxies, train_full, train_probe
 from opmix.train.schedule import WSDSchedule
 from opmix.workspace import open_workspace
 

@@ -27,7 +27,6 @@ import yaml
 
 from opmix.errors import OpmixError
 
-
 TEMP_MARK = ".opmix-tmp-"  # in the name of every temp file/folder this module creates
 OLD_MARK = ".opmix-old-"  # a replaced folder, briefly, while atomic_dir swaps it out
 
@@ -75,7 +74,9 @@ def save_safetensors(
     Serialized in memory (one extra copy of the data) rather than with ``safetensors.torch.save_file``, because
     save_file can silently drop a write error such as a full disk.
     """
-    from safetensors.torch import save  # deferred: keeps `import opmix.run` free of torch
+    from safetensors.torch import (
+        save,  # deferred: keeps `import opmix.run` free of torch
+    )
 
     data = save(dict(tensors), metadata=dict(metadata) if metadata is not None else None)
     write_bytes(path, data)

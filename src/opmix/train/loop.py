@@ -26,7 +26,11 @@ import torch
 
 from opmix.errors import OpmixError
 from opmix.run.faults import fault_point
-from opmix.train.checkpoint import load_rng, load_trainer_checkpoint, save_trainer_checkpoint
+from opmix.train.checkpoint import (
+    load_rng,
+    load_trainer_checkpoint,
+    save_trainer_checkpoint,
+)
 from opmix.train.schedule import WSDSchedule
 
 log = logging.getLogger(__name__)

@@ -5,7 +5,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from opmix.data.readers import is_pretokenized, list_files, read_documents, read_token_arrays
+from opmix.data.readers import (
+    is_pretokenized,
+    list_files,
+    read_documents,
+    read_token_arrays,
+)
 from opmix.errors import OpmixError
 
 

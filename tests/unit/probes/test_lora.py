@@ -6,10 +6,24 @@ import os
 import pytest
 import torch
 from peft import LoraConfig, get_peft_model
-from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+from transformers import (
+    GPT2Config,
+    GPT2LMHeadModel,
+    LlamaConfig,
+    LlamaForCausalLM,
+    Qwen2Config,
+    Qwen2ForCausalLM,
+)
 
 from opmix.errors import OpmixError
-from opmix.probes import ProbeDelta, load_probe, lora_parameter_count, lora_targets, make_probe, save_probe
+from opmix.probes import (
+    ProbeDelta,
+    load_probe,
+    lora_parameter_count,
+    lora_targets,
+    make_probe,
+    save_probe,
+)
 
 SMALL = dict(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
              num_key_value_heads=2)

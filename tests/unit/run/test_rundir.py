@@ -12,7 +12,14 @@ from safetensors.torch import load_file
 
 from opmix.errors import OpmixError, RunLockedError
 from opmix.run import atomic
-from opmix.run.atomic import atomic_dir, save_safetensors, write_csv, write_json, write_text, write_yaml
+from opmix.run.atomic import (
+    atomic_dir,
+    save_safetensors,
+    write_csv,
+    write_json,
+    write_text,
+    write_yaml,
+)
 from opmix.run.rundir import RunDir
 
 
