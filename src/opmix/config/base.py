@@ -76,3 +76,16 @@ class ProposerConfig(Section):
     kl_weight: float = Field(0.05, ge=0)  # lambda
     repetition_factor: float | None = Field(None, gt=0)  # caps x_j <= k N_j / R (Olmix); None = no caps
     solver: Literal["CLARABEL", "SCS"] = "CLARABEL"
+
+
+def check_run_inputs(domains: list[DomainConfig], model: ModelConfig, tokenizer: str | None) -> list[str]:
+    """Rules every recipe's config shares; returns the domain names. Raises ValueError naming the fix."""
+    names = [d.name for d in domains]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise ValueError(f"duplicate domain name(s) {duplicates}; fix: give each domain a unique name")
+    if "old" in names:
+        raise ValueError("a domain is named 'old', the name of the collapsed old-mixture component; fix: rename it")
+    if model.builtin is not None and tokenizer is None:
+        raise ValueError("a built-in model needs a tokenizer; fix: set tokenizer to a local directory or builtin:bytes")
+    return names

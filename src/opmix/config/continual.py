@@ -20,6 +20,7 @@ from opmix.config.base import (
     ProposerConfig,
     Section,
     TrainConfig,
+    check_run_inputs,
 )
 
 METHODS = ("opmix", "sequential", "replay", "fifty", "retrain", "lora-merge", "grid")
@@ -83,14 +84,7 @@ class ContinualConfig(Section):
 
     @model_validator(mode="after")
     def _consistent(self) -> ContinualConfig:
-        names = [d.name for d in self.domains]
-        duplicates = sorted({n for n in names if names.count(n) > 1})
-        if duplicates:
-            raise ValueError(f"duplicate domain name(s) {duplicates}; fix: give each domain a unique name")
-        if "old" in names:
-            raise ValueError("a domain is named 'old', the name of the collapsed old-mixture component; fix: rename it")
-        if self.model.builtin is not None and self.tokenizer is None:
-            raise ValueError("a built-in model needs a tokenizer; fix: set tokenizer to a local directory or builtin:bytes")
+        check_run_inputs(self.domains, self.model, self.tokenizer)
         if self.probe_steps < 1:
             raise ValueError(f"method.probe_fraction gives 0 probe steps of {self.train.steps}; fix: raise it or train.steps")
         warmup = round(self.train.warmup_fraction * self.train.steps)

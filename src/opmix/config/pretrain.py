@@ -15,6 +15,7 @@ from opmix.config.base import (
     ProposerConfig,
     Section,
     TrainConfig,
+    check_run_inputs,
 )
 from opmix.domains import normalize
 from opmix.errors import OpmixError
@@ -46,12 +47,7 @@ class PretrainConfig(Section):
 
     @model_validator(mode="after")
     def _consistent(self) -> PretrainConfig:
-        names = [d.name for d in self.domains]
-        duplicates = sorted({n for n in names if names.count(n) > 1})
-        if duplicates:
-            raise ValueError(f"duplicate domain name(s) {duplicates}; fix: give each domain a unique name")
-        if "old" in names:
-            raise ValueError("a domain is named 'old', the name of the collapsed old-mixture component; fix: rename it")
+        names = check_run_inputs(self.domains, self.model, self.tokenizer)
         if self.method.initial_mixture is not None:
             unknown = sorted(set(self.method.initial_mixture) - set(names))
             if unknown:
@@ -60,8 +56,6 @@ class PretrainConfig(Section):
                 normalize(self.method.initial_mixture, "method.initial_mixture")
             except OpmixError as error:
                 raise ValueError(str(error)) from None
-        if self.model.builtin is not None and self.tokenizer is None:
-            raise ValueError("a built-in model needs a tokenizer; fix: set tokenizer to a local directory or builtin:bytes")
         prefix_steps = self.prefix_steps
         if prefix_steps < 1 or prefix_steps >= self.train.steps:
             raise ValueError(
