@@ -12,7 +12,9 @@ load, so changing them never re-tokenizes.
 
 Text sources: documents are shuffled at document level (seeded), encoded, each followed by EOS, concatenated.
 Without ``eval_files`` the eval split is the tail of that shuffled stream: whole documents from the end until they
-hold at least ``eval_fraction`` of the tokens (at least one document stays in train).
+hold at least ``eval_fraction`` of the tokens (at least one document stays in train). When whole documents cannot
+give a sensible split (a single document, or a last document so large that the eval split would exceed twice the
+fraction), the stream itself is cut at ``eval_fraction`` and one document straddles the split.
 
 Pre-tokenized sources (``.npy``/``.bin``) are taken as they are: concatenated in file order, not shuffled, no EOS
 added (they carry their own separators, as nanoGPT's ``.bin`` files do). Without ``eval_files`` the eval split is
@@ -45,7 +47,7 @@ from opmix.run.faults import fault_point
 
 log = logging.getLogger(__name__)
 
-CACHE_FORMAT = 2  # bump when the stream layout changes, so old entries are not reused
+CACHE_FORMAT = 3  # bump when the stream layout changes, so old entries are not reused
 ENCODE_BATCH_DOCS = 512  # documents per batch encode call: large enough for the Rust side's parallelism
 
 
@@ -157,11 +159,14 @@ def _build_streams(name, files, eval_files, tokenizer, eval_fraction, text_field
             train, evals = train[:cut], train[cut:]
     else:
         docs = _encode_documents(name, files, tokenizer, text_field, rng, dtype)
-        if eval_files is None:
-            split = _tail_split(np.array([len(d) for d in docs]), eval_fraction)
-            evals = np.concatenate(docs[split:]) if split < len(docs) else np.zeros(0, dtype)
-            docs = docs[:split]
         train = np.concatenate(docs)
+        if eval_files is None:
+            lengths = np.array([len(d) for d in docs])
+            eval_tokens = int(lengths[_tail_split(lengths, eval_fraction):].sum())
+            target = math.ceil(eval_fraction * len(train))
+            if eval_tokens == 0 or eval_tokens > 2 * target:  # documents too few or too big to split between
+                eval_tokens = target
+            train, evals = train[: len(train) - eval_tokens], train[len(train) - eval_tokens :]
     if eval_files is not None:
         eval_rng = np.random.default_rng([seed, 1])  # its own stream: the train order does not depend on it
         if is_pretokenized(eval_files):
