@@ -13,6 +13,7 @@ import torch
 from opmix.config.base import DataConfig, DomainConfig, ModelConfig, TrainConfig
 from opmix.data.cache import TokenizedDomain, prepare_domain
 from opmix.data.tokenizer import load_tokenizer
+from opmix.errors import OpmixError
 from opmix.model import builtin_model, check_causal_lm_dir, check_vocabulary, load_model
 from opmix.run.ledger import ComputeLedger, count_params
 from opmix.run.rundir import RunDir
@@ -54,8 +55,6 @@ def check_inputs(model: ModelConfig, domains: list[DomainConfig]) -> None:
     for domain in domains:
         for path in [*domain.files, *domain.eval_files]:
             if not Path(path).exists():
-                from opmix.errors import OpmixError
-
                 raise OpmixError(f"domain {domain.name!r}: {path} does not exist", "check the domain's files")
     if model.path is not None:
         check_causal_lm_dir(model.path, model.trust_remote_code)
