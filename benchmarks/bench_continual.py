@@ -13,6 +13,7 @@ Re-running the same command resumes: every run directory skips its finished step
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import subprocess
 import sys
@@ -30,6 +31,18 @@ def _cli(args: list[str], log: Path) -> int:
     with open(log, "w") as out:
         return subprocess.run([sys.executable, "-m", "opmix.cli", "-q", *args], stdout=out, stderr=subprocess.STDOUT,
                               env=env).returncode
+
+
+def _orderings(n: int, count: int) -> list[list[int]]:
+    """The demo order first, then distinct seeded permutations (a seeded draw can repeat an order, even the first)."""
+    if count > math.factorial(n):
+        raise SystemExit(f"--orderings {count}: only {math.factorial(n)} orders of {n} domains exist")
+    orders, rng = [list(range(n))], np.random.default_rng(0)
+    while len(orders) < count:
+        order = rng.permutation(n).tolist()
+        if order not in orders:
+            orders.append(order)
+    return orders
 
 
 def main() -> int:
@@ -57,10 +70,8 @@ def main() -> int:
 
     base = demo_continual_config(root / "data-continual", root / "pretrain")
     jobs, sequences = [], []
-    for o in range(args.orderings):
-        domains = list(base["domains"])
-        if o > 0:
-            domains = [domains[i] for i in np.random.default_rng(o).permutation(len(domains))]
+    for o, order in enumerate(_orderings(len(base["domains"]), args.orderings)):
+        domains = [base["domains"][i] for i in order]
         for seed in range(args.seeds):
             sequence = root / f"o{o}_s{seed}"
             sequence.mkdir(exist_ok=True)
