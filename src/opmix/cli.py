@@ -1,4 +1,4 @@
-"""``opmix <command>``: pretrain, demo, continual. Bad input exits with code 2 and one line naming the problem and
+"""``opmix <command>``: pretrain, demo, check, continual. Bad input exits with code 2 and one line naming the problem and
 the fix."""
 
 from __future__ import annotations
@@ -44,7 +44,8 @@ def _parser() -> argparse.ArgumentParser:
     pretrain = commands.add_parser("pretrain", help="OP-Mix for pretraining (SPEC section 3)")
     pretrain.add_argument("--config", "-c", type=Path, required=True, help="YAML config (see examples/)")
     pretrain.add_argument("--out", "-o", type=Path, required=True, help="run directory (re-run to resume)")
-    pretrain.add_argument("--baseline", choices=["none", "erm"], default=None, help="also train this baseline")
+    pretrain.add_argument("--baseline", default=None, metavar="NAMES",
+                          help="also train these baselines under the same budget: erm, natural (comma-separated)")
     pretrain.add_argument("--trust-remote-code", action="store_true",
                           help="allow running the model directory's own Python code (auto_map); review it first")
     pretrain.add_argument("overrides", nargs="*", help="config overrides, e.g. train.steps=2000")
@@ -54,6 +55,12 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", "-o", type=Path, default=None, help="run directory (default: ./opmix-demo-<time>)")
     demo.add_argument("overrides", nargs="*", help="config overrides, e.g. train.steps=200")
     demo.set_defaults(handler=_demo)
+
+    check = commands.add_parser("check", help="fidelity check: real short runs vs the simulator's predictions")
+    check.add_argument("run_dir", type=Path, help="an `opmix pretrain` run directory (after its proposal step)")
+    check.add_argument("--runs", type=int, default=4, help="real runs, the proposed mixture included (default 4)")
+    check.add_argument("--steps", type=int, default=None, help="steps per run (default: the probe length)")
+    check.set_defaults(handler=_check)
 
     continual = commands.add_parser(
         "continual", help="OP-Mix for continual midtraining (SPEC section 3); `opmix continual demo` runs the demo",
@@ -113,6 +120,13 @@ def _run_recipe(run, cfg, out: Path, describe) -> int:
         raise
     print(describe(summary))
     print(f"run directory: {out}")
+    return 0
+
+
+def _check(args: argparse.Namespace) -> int:
+    from opmix.check import format_check, run_check
+
+    print(format_check(run_check(args.run_dir, runs=args.runs, steps=args.steps)))
     return 0
 
 

@@ -11,7 +11,8 @@ loss on j), every other coordinate at U(0, 0.1). With ``own_component=None`` (an
 component of its own) every coordinate starts at U(0, 0.1): no sign is assumed.
 
 Exponents are clipped (c to [-50, 10], t . x to [-60, 60]; the gradient is zero beyond the clip) so exp cannot
-overflow. A collapsed constant shows as a very negative c, which `opmix.diagnostics` reports.
+overflow. A collapsed constant shows as a very negative c, which `opmix.diagnostics` reports (relative to the
+law's own variable term, not by the value of c alone).
 """
 
 from __future__ import annotations
@@ -203,7 +204,8 @@ class LogLinearLaw:
     """One eval domain's law ``exp(c) + exp(t . x)``; scikit-learn style estimator (``fit`` returns self).
 
     Learned: ``c_``, ``t_`` (k,), ``huber_loss_`` (objective at the optimum), ``rmse_`` and ``r2_`` on the fit
-    points, ``n_iter_`` and ``converged_`` of the final polish, ``n_starts_`` tried.
+    points, ``n_iter_`` and ``converged_`` of the final polish, ``n_starts_`` tried, ``n_evaluations_`` of the
+    objective (each over all the points, for one start; the work the fit did, for the compute ledger).
     """
 
     def __init__(
@@ -242,7 +244,13 @@ class LogLinearLaw:
         k = X.shape[1]
         if self.own_component is not None and not 0 <= self.own_component < k:
             raise ValueError(f"own_component {self.own_component} out of range for {k} components")
-        fun = partial(_batch_objective, X=X, y=y, delta=self.huber_delta)
+        objective = partial(_batch_objective, X=X, y=y, delta=self.huber_delta)
+        evaluations = [0]
+
+        def fun(P: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            evaluations[0] += P.shape[0]  # every row is computed, also rows whose start has already stopped
+            return objective(P)
+
         # All starts run together (vectorised L-BFGS). Then the best few are polished to machine precision
         # (ftol 0: until no step lowers the loss), which also settles starts that were still creeping along a
         # flat valley when the search stopped them; the best polished point is kept.
@@ -260,6 +268,7 @@ class LogLinearLaw:
         self.n_iter_ = int(n_iter[best])  # iterations of the polish
         self.converged_ = bool(converged[best])
         self.n_starts_ = self.n_c_starts * self.n_t_starts
+        self.n_evaluations_ = evaluations[0]  # objective evaluations (one start, all points), search and polish
         residual = self.predict(X) - y
         self.rmse_ = float(np.sqrt(np.mean(residual**2)))
         total = float(np.sum((y - y.mean()) ** 2))
@@ -297,6 +306,7 @@ class LogLinearLaw:
             "n_iter": self.n_iter_,
             "converged": self.converged_,
             "n_starts": self.n_starts_,
+            "n_evaluations": self.n_evaluations_,
         }
 
     @classmethod
@@ -317,6 +327,7 @@ class LogLinearLaw:
         law.n_iter_ = int(d.get("n_iter", 0))
         law.converged_ = bool(d.get("converged", True))
         law.n_starts_ = int(d.get("n_starts", law.n_c_starts * law.n_t_starts))
+        law.n_evaluations_ = int(d.get("n_evaluations", 0))
         return law
 
 

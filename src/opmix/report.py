@@ -11,7 +11,8 @@ from opmix.run.atomic import atomic_dir, write_json
 from opmix.stages import load_weights
 
 STAGE_GROUPS = {"prefix": "prefix", "probe_": "probes", "proxies": "proxy_eval", "propose": "fit_propose",
-                "final": "final", "erm": "final"}
+                "guard_": "guard", "final": "final", "erm": "final", "natural": "final"}
+BASELINE_NAMES = {"erm": "ERM", "natural": "natural"}
 
 
 def export_model(ws, checkpoint: Path, directory: Path) -> None:
@@ -35,72 +36,77 @@ def export_model(ws, checkpoint: Path, directory: Path) -> None:
     ws.run.mark_done(step, [directory])
 
 
-def stage_flops(ledger: Mapping[str, float], include: set[str]) -> dict[str, float]:
-    """Ledger entries grouped into SPEC section 6's stages, for the steps named in ``include``."""
-    grouped = {"prefix": 0.0, "probes": 0.0, "proxy_eval": 0.0, "fit_propose": 0.0, "final": 0.0}
+def stage_flops(ledger: Mapping[str, float], include: set[str], as_final: set[str] = frozenset()) -> dict[str, float]:
+    """Ledger entries grouped into SPEC section 6's stages, for the steps named in ``include``; steps in
+    ``as_final`` count as final training (a guard check run that the final training continued)."""
+    grouped = {"prefix": 0.0, "probes": 0.0, "proxy_eval": 0.0, "fit_propose": 0.0, "guard": 0.0, "final": 0.0}
     for step, flops in ledger.items():
         if step not in include:
             continue
-        group = next(g for prefix, g in STAGE_GROUPS.items() if step.startswith(prefix))
+        group = "final" if step in as_final else next(g for prefix, g in STAGE_GROUPS.items() if step.startswith(prefix))
         grouped[group] += flops
     grouped["total"] = sum(grouped.values())
     return grouped
 
 
-def run_summary(ws, mixture, proposal, final_step: str, baseline_step: str | None, prefix_mixture,
-                started: float) -> dict:
+def run_summary(ws, mixture, proposal, guard, final_step: str, baselines: Mapping[str, dict], started: float) -> dict:
+    """``summary.json``. OP-Mix's compute is every step but the baselines' own; the guard's check run that the
+    final training continued counts as final training, the other one as the guard's cost."""
     flops = ws.ledger.totals()
-    ours = {s for s in flops if s != "total" and s != baseline_step}
+    baseline_only = {name for name, b in baselines.items() if b["result_step"] == name}
+    ours = {s for s in flops if s != "total" and s not in baseline_only}
+    continued = {guard.record["continued_step"]} if guard.record.get("checked") else set()
     final_info = ws.run.step_info(final_step)
     summary = {
         "mixture": mixture,
         "components": proposal.components,
         "eval_loss": final_info["eval_loss"],
         "mean_eval_loss": mean_loss(final_info["eval_loss"]),
-        "flops": stage_flops(flops, ours),
+        "flops": stage_flops(flops, ours, continued),
         "elapsed_s": time.perf_counter() - started,
         "tokens_consumed": final_info["tokens_consumed"],
         "epochs": final_info["epochs"],
-        "warnings": proposal.warnings,
+        "guard": guard.record,
+        "warnings": [*ws.notes, *proposal.warnings, *guard.warnings],
         "laws": proposal.laws,
+        "baselines": {},
     }
-    if baseline_step is not None:
-        info = ws.run.step_info(baseline_step)
-        summary["baseline"] = {
-            "name": baseline_step,
-            "mixture": prefix_mixture,
+    for name, b in baselines.items():
+        info = ws.run.step_info(b["result_step"])
+        seconds = ws.ledger.as_dict()
+        summary["baselines"][name] = {
+            "name": name,
+            "mixture": b["mixture"],
             "eval_loss": info["eval_loss"],
             "mean_eval_loss": mean_loss(info["eval_loss"]),
-            "flops": stage_flops(flops, {"prefix", baseline_step}),
-            "elapsed_s": ws.ledger.as_dict().get(baseline_step, {}).get("seconds", 0.0),
+            "flops": stage_flops(flops, set(b["steps"]), set(b["steps"]) - {"prefix"}),
+            "elapsed_s": sum(seconds.get(step, {}).get("seconds", 0.0) for step in b["steps"] if step != "prefix"),
         }
+    if summary["baselines"]:  # the first baseline, under the key earlier versions wrote
+        summary["baseline"] = next(iter(summary["baselines"].values()))
     write_json(ws.run.path("summary.json"), summary)
     return summary
 
 
 def format_summary(summary: dict) -> str:
-    lines = ["proposed mixture:"]
+    lines = ["proposed mixture:" if not summary.get("guard", {}).get("fired") else "mixture (the guard's fallback):"]
     lines += [f"  {d:<12} {w:6.3f}" for d, w in summary["mixture"].items()]
-    header = f"  {'domain':<12} {'OP-Mix':>8}"
-    baseline = summary.get("baseline")
-    if baseline:
-        header += f" {'ERM':>8} {'change':>8}"
-    lines += ["eval loss (nats/token) at equal final-training tokens:", header]
-    for domain, loss in summary["eval_loss"].items():
-        row = f"  {domain:<12} {loss:8.4f}"
-        if baseline:
-            other = baseline["eval_loss"][domain]
-            row += f" {other:8.4f} {100 * (loss - other) / other:+7.2f}%"
-        lines.append(row)
-    row = f"  {'average':<12} {summary['mean_eval_loss']:8.4f}"
-    if baseline:
-        other = baseline["mean_eval_loss"]
-        row += f" {other:8.4f} {100 * (summary['mean_eval_loss'] - other) / other:+7.2f}%"
-    lines.append(row)
+    baselines = list(summary.get("baselines", {}).values())
+    header = f"  {'domain':<12} {'OP-Mix':>8}" + "".join(
+        f" {BASELINE_NAMES.get(b['name'], b['name']):>8} {'change':>8}" for b in baselines)
+    lines += ["eval loss (nats/token) at equal final-training tokens; change = OP-Mix against the baseline:", header]
+    rows = [(domain, loss, [b["eval_loss"][domain] for b in baselines]) for domain, loss in summary["eval_loss"].items()]
+    rows.append(("average", summary["mean_eval_loss"], [b["mean_eval_loss"] for b in baselines]))
+    for domain, loss, others in rows:
+        lines.append(f"  {domain:<12} {loss:8.4f}" + "".join(
+            f" {other:8.4f} {100 * (loss - other) / other:+7.2f}%" for other in others))
+    guard = summary.get("guard")
+    if guard:
+        lines.append(f"guard: {guard['reason']}")
     lines.append("compute (FLOPs):")
     lines += [f"  {stage:<12} {value:10.3e}" for stage, value in summary["flops"].items()]
-    if baseline:
-        lines.append(f"  {'ERM total':<12} {baseline['flops']['total']:10.3e}")
+    for b in baselines:
+        lines.append(f"  {BASELINE_NAMES.get(b['name'], b['name']) + ' total':<12} {b['flops']['total']:10.3e}")
     for warning in summary["warnings"]:
         lines.append(f"warning: {warning}")
     lines.append(f"elapsed: {summary['elapsed_s']:.1f} s")

@@ -1,7 +1,9 @@
 """Simulated proxies -> one mixing law per eval domain -> KL-regularised proposal (SPEC section 2, steps 3-4).
 
-The step persists ``laws.json`` (parameters and fit errors of every law) and ``proposal.json`` (component weights,
-warnings), and is skipped on resume once both verify.
+The step persists ``laws.json`` (parameters, fit errors and diagnostic figures of every law) and ``proposal.json``
+(component weights, warnings), and is skipped on resume once both verify. Given a ledger, it records its seconds
+and estimated FLOPs (`opmix.run.ledger.law_fit_flops`, `proposer_flops`) under the step's name before marking it
+done, so a redone step overwrites its entry.
 """
 
 from __future__ import annotations
@@ -14,10 +16,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from opmix.diagnostics import law_warnings
+from opmix.diagnostics import law_measures, law_warnings, proxy_count_warnings
 from opmix.law import fit_laws
 from opmix.propose import KLProposer
 from opmix.run.atomic import write_json
+from opmix.run.ledger import ComputeLedger, law_fit_flops, proposer_flops
 from opmix.run.rundir import RunDir
 
 log = logging.getLogger(__name__)
@@ -45,25 +48,33 @@ def propose_mixture(
     law_settings: dict | None = None,
     solver: str = "CLARABEL",
     seed: int = 0,
+    ledger: ComputeLedger | None = None,  # where the step's seconds and FLOPs go (the run's ``ws.ledger``)
 ) -> Proposal:
     laws_path, proposal_path = run.path(step, "laws.json"), run.path(step, "proposal.json")
     if run.is_done(step):
         saved = json.loads(proposal_path.read_text())
         return Proposal(saved["components"], saved["warnings"], json.loads(laws_path.read_text())["laws"])
     started = time.perf_counter()
+    X, Y = np.asarray(X, dtype=float), np.asarray(Y, dtype=float)
     laws = fit_laws(X, Y, list(own_components), seed=seed, **(law_settings or {}))
-    warnings = law_warnings(laws, X, Y, list(components), list(eval_domains))
+    warnings = proxy_count_warnings(X.shape[0], X.shape[1])
+    warnings += law_warnings(laws, X, Y, list(components), list(eval_domains))
     T = np.stack([law.t_ for law in laws])  # (n, k)
     proposer = KLProposer(kl_weight=kl_weight, caps=caps, solver=solver).fit(T, prior, expansion)
+    law_rows = [{"domain": d, **law.to_dict(), "diagnostics": law_measures(law, X, Y[:, j])}
+                for j, (d, law) in enumerate(zip(eval_domains, laws))]
     seconds = time.perf_counter() - started
+    flops = sum(law_fit_flops(law.n_evaluations_, X.shape[0], X.shape[1]) for law in laws)
+    flops += proposer_flops(len(laws), X.shape[1], np.shape(expansion)[0])
     for warning in warnings:
         log.warning("%s", warning)
-    law_rows = [{"domain": d, **law.to_dict()} for d, law in zip(eval_domains, laws)]
     proposal = Proposal({c: float(v) for c, v in zip(components, proposer.x_)}, warnings, law_rows)
     write_json(laws_path, {"components": list(components), "laws": law_rows})
     write_json(proposal_path, {
         "components": proposal.components, "warnings": warnings, "kl_weight": kl_weight,
         "prior": prior.tolist(), "objective": float(proposer.objective_), "seconds": seconds,
     })
-    run.mark_done(step, [laws_path, proposal_path], info={"seconds": seconds})
+    if ledger is not None:
+        ledger.set(step, flops, seconds)
+    run.mark_done(step, [laws_path, proposal_path], info={"seconds": seconds, "flops": flops})
     return proposal

@@ -92,6 +92,9 @@ def open_workspace(
         )
         for d in domains
     }
+    notes = [warning for domain in tokenized.values() for warning in domain.warnings]
+    for note in notes:
+        log.warning("%s", note)
     accelerator = make_accelerator(train.precision)
 
     def new_model() -> torch.nn.Module:
@@ -115,4 +118,5 @@ def open_workspace(
         seed=seed,
         ledger=ComputeLedger(run.path("ledger.json")),
         n_params=n_params,
+        notes=notes,
     )

@@ -50,6 +50,14 @@ def _case_bad_jsonl_line(raw, tmp):
     raw["domains"][0]["files"] = [str(tmp / "bad.jsonl")]
 
 
+def _case_unknown_baseline(raw, tmp):
+    raw["baseline"] = "erm,swarmz"
+
+
+def _case_guard_fraction_out_of_range(raw, tmp):
+    raw["method"]["guard"] = {"check_fraction": 0.9}
+
+
 CASES = {
     "missing file": (_case_missing_file, "does not exist"),
     "empty domain": (_case_empty_domain, "empty|no tokens|no documents"),
@@ -59,6 +67,8 @@ CASES = {
     "unknown config key": (_case_unknown_config_key, "unknown config key 'train.learning_rate'"),
     "model path not a causal LM": (_case_not_a_causal_lm, "not a causal language model"),
     "bad JSONL line": (_case_bad_jsonl_line, r"bad\.jsonl.*line 2"),
+    "unknown baseline": (_case_unknown_baseline, r"unknown baseline.*swarmz"),
+    "guard check fraction out of range": (_case_guard_fraction_out_of_range, "check_fraction"),
 }
 
 
@@ -86,3 +96,13 @@ def test_bad_input_exits_2_with_one_line(case, tmp_path, tiny_pretrain_raw, caps
 def test_missing_config_file(tmp_path, capsys):
     assert main(["pretrain", "--config", str(tmp_path / "none.yaml"), "--out", str(tmp_path / "o")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_check_needs_a_run_with_a_proposal(tmp_path, capsys):
+    (tmp_path / "run").mkdir()
+    assert main(["check", str(tmp_path / "run")]) == 2
+    assert "not an opmix pretraining run directory" in capsys.readouterr().err
+    (tmp_path / "run" / "config.yaml").write_text("seed: 0\n")
+    assert main(["check", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "no proxies or proposal yet" in err and "fix:" in err and len(err.splitlines()) == 1

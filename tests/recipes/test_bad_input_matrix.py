@@ -120,7 +120,7 @@ def _infeasible_caps(raw, tmp):
 
 
 def _too_few_proxies(raw, tmp):
-    raw["method"]["n_proxies"] = 2
+    raw["method"]["n_proxies"] = 5  # laws over old + 3 domains have 5 parameters
 
 
 def _probes_longer_than_the_budget(raw, tmp):
@@ -160,7 +160,7 @@ CASES = {
     "model path missing": (_model_path_missing, "is not a directory"),
     "tokenizer missing": (_tokenizer_missing, "neither 'builtin:bytes' nor an existing folder"),
     "infeasible repetition caps": (_infeasible_caps, "caps sum to .* < 1"),
-    "fewer proxies than components": (_too_few_proxies, "n_proxies=2 is fewer than the 4 components"),
+    "fewer proxies than law parameters": (_too_few_proxies, "n_proxies=5 cannot overdetermine the laws"),
     "probes longer than the budget": (_probes_longer_than_the_budget, "method.probe_fraction"),
     "prefix is the whole budget": (_prefix_is_the_whole_budget, "prefix steps of 20"),
     "token and text files mixed": (_mixed_token_and_text_files, "mixes token arrays"),

@@ -54,6 +54,7 @@ def test_opmix_with_grid_three_stages_carries_p_and_resumes(tmp_path, tiny_conti
         for d in order[: k - 1]:
             assert s["mixture"][d] == pytest.approx(x_old * p[d])
         assert s["flops"]["probes"] > 0 and s["flops"]["proxy_eval"] > 0 and s["flops"]["grid"] > 0
+        assert s["flops"]["fit_propose"] > 0  # the law fit and proposal are in the ledger too
         assert s["flops"]["total"] == pytest.approx(s["flops"]["train"] + s["flops"]["probes"]
                                                     + s["flops"]["proxy_eval"] + s["flops"]["fit_propose"])
         assert s["proxies"]["r"] == pytest.approx([0.1 + 0.1 * i for i in range(9)])

@@ -12,7 +12,7 @@ pytestmark = pytest.mark.slow
 def test_demo_runs_whole_recipe_and_erm(tmp_path, capsys):
     out = tmp_path / "demo"
     code = main(["-q", "demo", "--out", str(out), "model.builtin=llama-tiny", "train.steps=10",
-                 "train.batch_size=4", "data.seq_len=32", "data.max_eval_sequences=4", "method.n_proxies=4"])
+                 "train.batch_size=4", "data.seq_len=32", "data.max_eval_sequences=4", "method.n_proxies=10"])
     printed = capsys.readouterr().out
     assert code == 0
     assert "proposed mixture" in printed and "average" in printed and "ERM" in printed

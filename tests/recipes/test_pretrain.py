@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 
@@ -39,6 +40,18 @@ def test_pretrain_end_to_end_and_resume(tmp_path, tiny_pretrain_raw):
     assert summary["baseline"]["name"] == "erm" and set(summary["baseline"]["eval_loss"]) == set(domains)
     on_disk = json.loads((out / "summary.json").read_text())
     assert on_disk["mixture"] == summary["mixture"]
+    # fit diagnostics ran on an overdetermined fit: every law carries a finite fit error and its figures
+    assert isinstance(on_disk["warnings"], list) and all(isinstance(w, str) for w in on_disk["warnings"])
+    assert not any("proxies for laws of" in w for w in on_disk["warnings"])  # 10 proxies, 5 parameters
+    assert [law["domain"] for law in on_disk["laws"]] == domains
+    for law in on_disk["laws"]:
+        assert math.isfinite(law["rmse"]) and math.isfinite(law["r2"]) and law["n_evaluations"] > 0
+        assert law["diagnostics"]["n_proxies"] == 10 and law["diagnostics"]["n_params"] == 5
+        assert math.isfinite(law["diagnostics"]["exponent_spread"]) and law["diagnostics"]["constant_share"] > 0
+    # the fit and proposal are in the ledger: FLOPs (an estimate) and seconds
+    assert summary["flops"]["fit_propose"] > 0
+    propose_entry = next(e for e in json.loads((out / "ledger.json").read_text())["stages"] if e["stage"] == "propose")
+    assert propose_entry["seconds"] > 0 and propose_entry["flops"] == summary["flops"]["fit_propose"]
 
     for path in ["config.yaml", "ledger.json", "proxies.csv", "propose/laws.json", "propose/proposal.json",
                  "final/model/config.json", "final/model/model.safetensors", "probe_old/adapter"]:

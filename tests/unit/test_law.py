@@ -105,6 +105,16 @@ def test_dict_roundtrip_through_json():
     loaded = LogLinearLaw.from_dict(json.loads(json.dumps(law.to_dict())))
     np.testing.assert_array_equal(loaded.predict(X), law.predict(X))
     assert loaded.own_component == 0 and loaded.seed == 3 and loaded.r2_ == law.r2_
+    assert loaded.n_evaluations_ == law.n_evaluations_
+
+
+def test_counts_its_objective_evaluations():
+    """The fit's work, for the compute ledger: every start is evaluated at least once, and the count is
+    deterministic."""
+    X, _, _, y = _problem(3, n_points=12, seed=2)
+    a = LogLinearLaw(own_component=0, n_c_starts=3, n_t_starts=4).fit(X, y)
+    b = LogLinearLaw(own_component=0, n_c_starts=3, n_t_starts=4).fit(X, y)
+    assert a.n_evaluations_ == b.n_evaluations_ >= 2 * 12 and a.to_dict()["n_evaluations"] == a.n_evaluations_
 
 
 def test_fit_laws_fits_one_law_per_domain_with_its_own_component():

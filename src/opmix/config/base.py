@@ -78,6 +78,18 @@ class ProposerConfig(Section):
     solver: Literal["CLARABEL", "SCS"] = "CLARABEL"
 
 
+class GuardConfig(Section):
+    """SPEC section 8: a short real check of the proposal against the safe mixture (the prior's) before the full
+    training commits to either. The full training continues the check run of the mixture that wins, so the
+    guard's own cost is the losing run (and two evaluations)."""
+
+    enabled: bool = True
+    check_fraction: float = Field(0.1, gt=0, le=0.5)  # each check run: this fraction of the final training / stage
+    # no check when the proposal is this close to the safe mixture (total-variation distance of domain weights):
+    # the two would train alike and a short run could not tell them apart
+    min_distance: float = Field(0.05, ge=0, le=1)
+
+
 def check_run_inputs(domains: list[DomainConfig], model: ModelConfig, tokenizer: str | None) -> list[str]:
     """Rules every recipe's config shares; returns the domain names. Raises ValueError naming the fix."""
     names = [d.name for d in domains]

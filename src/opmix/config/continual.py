@@ -6,14 +6,16 @@ fractions shape each stage's own WSD learning-rate schedule (see ``opmix.continu
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from opmix.config.base import (
     DataConfig,
     DomainConfig,
+    GuardConfig,
     LawConfig,
     LoraConfig,
     ModelConfig,
@@ -22,6 +24,8 @@ from opmix.config.base import (
     TrainConfig,
     check_run_inputs,
 )
+
+logger = logging.getLogger(__name__)
 
 METHODS = ("opmix", "sequential", "replay", "fifty", "retrain", "lora-merge", "grid")
 
@@ -36,11 +40,24 @@ class ContinualMethodConfig(Section):
     probe_decay_fraction: float = Field(0.2, ge=0, le=1)  # probes end with a short decay of their own
     old_probe_share: float = Field(0.9, gt=0.5, le=1)  # old probe data: 0.9 * p + 0.1 * D_k
     new_probe_share: float = Field(0.9, gt=0.5, le=1)  # new probe data: 0.1 * p + 0.9 * D_k
-    n_proxies: int = Field(9, ge=3)  # a in {0, 1/8, ..., 1} on the segment between the probes
+    n_proxies: int = 9  # a in {0, 1/8, ..., 1} on the segment between the probes; > 3, the law's parameters
     prior_new_weight: float = Field(0.5, gt=0, lt=1)  # q: D_k = 0.5, each old domain d = 0.5 * p[d]
     lora: LoraConfig = LoraConfig()
     law: LawConfig = LawConfig()
     proposer: ProposerConfig = ProposerConfig()
+    guard: GuardConfig = GuardConfig()  # safe mixture: the prior's (new-data fraction prior_new_weight, 50/50)
+
+    @field_validator("n_proxies")
+    @classmethod
+    def _overdetermined(cls, value: int) -> int:
+        # each law exp(c) + exp(t_old (1 - r) + t_new r) has 3 parameters: more points than that, or no fit error
+        if value <= 3:
+            raise ValueError(f"{value} proxies cannot overdetermine the laws: each has 3 parameters (c, t_old, "
+                             "t_new), so it needs more than 3 proxies; fix: raise it to 6 or more (SPEC: 9)")
+        if value < 6:
+            logger.warning("method.n_proxies=%d is under twice the 3 parameters of each law: its fit error says "
+                           "little; raise it to at least 6 (SPEC: 9)", value)
+        return value
 
 
 class ContinualBaselinesConfig(Section):

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from opmix.config.base import (
     DataConfig,
     DomainConfig,
+    GuardConfig,
     LawConfig,
     LoraConfig,
     ModelConfig,
@@ -20,6 +22,8 @@ from opmix.config.base import (
 from opmix.domains import normalize
 from opmix.errors import OpmixError
 
+logger = logging.getLogger(__name__)
+
 
 class PretrainMethodConfig(Section):
     prefix_fraction: float = Field(0.2, gt=0, lt=1)  # prefix on p for 20% of S
@@ -27,12 +31,16 @@ class PretrainMethodConfig(Section):
     probe_lr_multiplier: float = Field(2.0, gt=0)  # probes train at 2x the full-training rate, no warmup
     probe_decay_fraction: float = Field(0.2, ge=0, le=1)  # probes end with a short decay of their own
     domain_probe_share: float = Field(0.9, gt=0, le=1)  # domain probe data: 0.9 * D_i + 0.1 * p
-    n_proxies: int = Field(12, ge=2)  # Dirichlet(1) samples over the m+1 components
+    n_proxies: int = Field(12, ge=2)  # Dirichlet(1) samples over the m+1 components; > m+2, the law's parameters
     initial_mixture: dict[str, float] | None = None  # p for the prefix; None = uniform
     prior: Literal["default", "uniform", "natural"] = "default"  # default: old 0.5, each domain 0.5/m
     lora: LoraConfig = LoraConfig()
     law: LawConfig = LawConfig()
     proposer: ProposerConfig = ProposerConfig()
+    guard: GuardConfig = GuardConfig()
+
+
+BASELINES = ("erm", "natural")
 
 
 class PretrainConfig(Section):
@@ -43,7 +51,8 @@ class PretrainConfig(Section):
     data: DataConfig = DataConfig()
     train: TrainConfig = TrainConfig()
     method: PretrainMethodConfig = PretrainMethodConfig()
-    baseline: Literal["none", "erm"] = "none"
+    # baselines trained under the same budget: "none", one name, or several ("erm,natural" or a list)
+    baseline: str | list[str] = "none"
 
     @model_validator(mode="after")
     def _consistent(self) -> PretrainConfig:
@@ -69,12 +78,35 @@ class PretrainConfig(Section):
                 "the prefix must end before the learning-rate decay starts; "
                 "fix: lower method.prefix_fraction or train.decay_fraction"
             )
-        if self.method.n_proxies < len(self.domains) + 1:
+        law_params = len(self.domains) + 2  # c and one exponent per component: m + 2 for the m + 1 components
+        if self.method.n_proxies <= law_params:
             raise ValueError(
-                f"method.n_proxies={self.method.n_proxies} is fewer than the {len(self.domains) + 1} components; "
-                "fix: raise it (SPEC default 12)"
+                f"method.n_proxies={self.method.n_proxies} cannot overdetermine the laws: each law exp(c) + exp(t . x) "
+                f"over the {len(self.domains) + 1} components has {law_params} parameters, so it needs more than "
+                f"{law_params} proxies; fix: raise method.n_proxies to {2 * law_params} or more (the minimum is "
+                f"{law_params + 1})"
+            )
+        if self.method.n_proxies < 2 * law_params:
+            logger.warning(
+                "method.n_proxies=%d is under twice the %d parameters of each law: its fit error says little; "
+                "raise it to at least %d", self.method.n_proxies, law_params, 2 * law_params,
             )
         return self
+
+    @field_validator("baseline")
+    @classmethod
+    def _known_baselines(cls, value):
+        names = [n.strip() for n in (value.split(",") if isinstance(value, str) else value) if n.strip()]
+        names = [] if names == ["none"] else names
+        unknown = [n for n in names if n not in BASELINES]
+        if unknown:
+            raise ValueError(f"unknown baseline(s) {unknown}; fix: use any of {list(BASELINES)}, comma-separated, "
+                             "or none")
+        return ",".join(dict.fromkeys(names)) or "none"
+
+    @property
+    def baselines(self) -> list[str]:
+        return [] if self.baseline == "none" else self.baseline.split(",")
 
     @property
     def prefix_steps(self) -> int:

@@ -13,18 +13,20 @@ from opmix.eval import mean_loss
 from opmix.run.atomic import write_json
 
 # step-name part -> compute group (SPEC section 6); the grid oracle is the benchmark's cost, not the method's
-FLOP_GROUPS = (("_probe_", "probes"), ("_proxies", "proxy_eval"), ("_propose", "fit_propose"), ("_grid_", "grid"),
+FLOP_GROUPS = (("_probe_", "probes"), ("_proxies", "proxy_eval"), ("_propose", "fit_propose"), ("_guard_", "guard"),
+               ("_grid_", "grid"),
                ("_lora", "lora"), ("_retrain", "train"), ("_train", "train"))
 _EPOCH_SLACK = 1e-9
 
 
-def stage_flops(ledger: Mapping[str, float], stage: int) -> dict[str, float]:
-    """FLOPs of stage ``stage`` by group; ``total`` leaves out the grid (an oracle, not part of any method)."""
+def stage_flops(ledger: Mapping[str, float], stage: int, as_train: frozenset | set = frozenset()) -> dict[str, float]:
+    """FLOPs of stage ``stage`` by group; ``total`` leaves out the grid (an oracle, not part of any method).
+    Steps in ``as_train`` count as training (the guard's check run that the stage's training continued)."""
     groups = {g: 0.0 for _, g in FLOP_GROUPS}
     for step, flops in ledger.items():
         if not step.startswith(f"s{stage}_"):
             continue
-        group = next((g for part, g in FLOP_GROUPS if part in step), None)
+        group = "train" if step in as_train else next((g for part, g in FLOP_GROUPS if part in step), None)
         if group is not None:
             groups[group] += flops
     groups["total"] = sum(v for g, v in groups.items() if g != "grid")
@@ -47,7 +49,7 @@ def fresh_data(previous: Mapping | None, current: Mapping, seen: Sequence[str]) 
 
 def stage_record(ws, stage: int, seen: Sequence[str], step: str, mixture: Mapping[str, float],
                  components: Mapping[str, float] | None = None, warnings: Sequence[str] = (),
-                 previous_step: str | None = None, **extra) -> dict:
+                 previous_step: str | None = None, continued: str | None = None, **extra) -> dict:
     """What one stage did: its mixture, per-domain eval loss on the seen domains, FLOPs and fresh data."""
     info = ws.run.step_info(step)
     previous = ws.run.step_info(previous_step) if previous_step else None
@@ -57,7 +59,7 @@ def stage_record(ws, stage: int, seen: Sequence[str], step: str, mixture: Mappin
         "stage": stage, "domain": seen[-1], "mixture": {d: mixture.get(d, 0.0) for d in seen},
         "components": dict(components) if components is not None else None,
         "eval_loss": losses, "mean_eval_loss": mean_loss(losses),
-        "flops": stage_flops(ws.ledger.totals(), stage), "data": data,
+        "flops": stage_flops(ws.ledger.totals(), stage, {continued} if continued else frozenset()), "data": data,
         "warnings": [f"stage {stage}: {w}" for w in [*warnings, *repeats]], **extra,
     }
 
@@ -74,7 +76,7 @@ def continual_summary(ws, method: str, stages: list[dict], started: float) -> di
         "mean_eval_loss": last["mean_eval_loss"],
         "flops": totals,
         "elapsed_s": time.perf_counter() - started,
-        "warnings": [w for s in stages for w in s["warnings"]],
+        "warnings": [*ws.notes, *(w for s in stages for w in s["warnings"])],  # notes: e.g. a one-document eval split
         "stages": stages,
     }
     write_json(ws.run.path("summary.json"), summary)
@@ -90,6 +92,9 @@ def format_continual(summary: dict) -> str:
         loss = "".join(f"{s['eval_loss'][d]:11.4f}" if d in s["eval_loss"] else f"{'':>11}" for d in domains)
         lines.append(f"  {s['stage']:<6}{mix}")
         lines.append(f"  {'':<6}{loss}{s['mean_eval_loss']:10.4f}{s['flops']['total']:11.3e}")
+        guard = s.get("guard") or {}
+        if guard.get("checked"):
+            lines.append(f"  {'':<6}guard: {'FIRED, ' if guard['fired'] else ''}{guard['reason']}")
         grid = s.get("grid")
         if grid:
             lines.append(f"  {'':<6}grid best r={grid['best_r']:.2f} loss {grid['best_loss']:.4f}; chosen r="

@@ -10,16 +10,31 @@ a hash of its full definition), the split settings, the seed, ``text_field`` and
 ``max_eval_sequences`` are *not* in the key: the cache holds whole token streams and sequences are views cut on
 load, so changing them never re-tokenizes.
 
-Text sources: documents are shuffled at document level (seeded), encoded, each followed by EOS, concatenated.
-Without ``eval_files`` the eval split is the tail of that shuffled stream: whole documents from the end until they
-hold at least ``eval_fraction`` of the tokens (at least one document stays in train). When whole documents cannot
-give a sensible split (a single document, or a last document so large that the eval split would exceed twice the
-fraction), the stream itself is cut at ``eval_fraction`` and one document straddles the split.
+The eval split is meant to represent the whole domain, not one spot of it:
 
-Pre-tokenized sources (``.npy``/``.bin``) are taken as they are: concatenated in file order, not shuffled, no EOS
-added (they carry their own separators, as nanoGPT's ``.bin`` files do). Without ``eval_files`` the eval split is
-the last ``eval_fraction`` of tokens, moved back to just after an EOS token when one precedes the cut, so no
-document straddles the split.
+- Text sources: documents are shuffled at document level (seeded), encoded, each followed by EOS, concatenated.
+  Without ``eval_files`` the eval split is the tail of that shuffled stream: whole documents from the end until
+  they hold at least ``eval_fraction`` of the tokens (at least one document stays in train), a random sample of the
+  documents. When whole documents cannot give a sensible split (a single document, or a last document so large
+  that the eval split would exceed twice the fraction), the split is *interleaved* (below).
+- Pre-tokenized sources (``.npy``/``.bin``) are taken as they are: concatenated in file order, not shuffled, no EOS
+  added (they carry their own separators, as nanoGPT's ``.bin`` files do). Their order may mean something (files
+  by source, by date), so a tail would be one region of it: without ``eval_files`` the split is always interleaved.
+- Interleaved split: the stream is cut into B equal blocks and the last ``eval_fraction`` of each block is held
+  out; train is the rest, in order. B grows with the eval split (each held-out piece at least
+  ``MIN_PIECE_TOKENS``, a few sequences at common lengths; at most ``MAX_PIECES``), so a small stream keeps one
+  tail piece. When the stream has document boundaries (EOS tokens of a pre-tokenized stream, document ends of
+  text), every cut moves to the nearest boundary, so no document straddles the split, unless that leaves the
+  eval split under half or over twice the fraction (documents too few or too big), then the cuts stay exact.
+- ``meta.json`` records the held-out pieces (``eval_pieces``: offset in the source stream and length) and how many
+  documents have tokens in the eval split (``eval_documents``; null for a stream without EOS separators).
+
+On load, eval sequences are cut inside each piece (never joining two distant places; a piece's remainder shorter
+than a sequence is left out, and only when no piece holds a whole sequence is the eval stream cut as one), and
+when there are more than ``max_eval_sequences`` of them, that many are taken at evenly spaced indices (the first
+and the last included), so the eval set spreads over every piece and document of the split at a bounded cost.
+An eval split of a single document, or one contiguous slice of a stream without separators, gets a warning
+(``TokenizedDomain.warnings``): its loss describes that one place, not the domain.
 """
 
 from __future__ import annotations
@@ -30,7 +45,7 @@ import logging
 import math
 import re
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -47,8 +62,10 @@ from opmix.run.faults import fault_point
 
 log = logging.getLogger(__name__)
 
-CACHE_FORMAT = 3  # bump when the stream layout changes, so old entries are not reused
+CACHE_FORMAT = 4  # bump when the stream layout changes, so old entries are not reused
 ENCODE_BATCH_DOCS = 512  # documents per batch encode call: large enough for the Rust side's parallelism
+MIN_PIECE_TOKENS = 2048  # an interleaved eval piece holds at least this many tokens: 8 sequences of 256
+MAX_PIECES = 64  # beyond this, more places in the stream add little to an eval set of a few hundred sequences
 
 
 @dataclass
@@ -59,6 +76,7 @@ class TokenizedDomain:
     train_tokens: int  # tokens in the train sequences (= train.size; the cut remainder is not counted)
     eval_tokens: int  # tokens in the eval sequences (= eval.size)
     path: Path | None = None  # the cache entry folder
+    warnings: list[str] = field(default_factory=list)  # the eval split cannot represent the domain (one document...)
 
 
 def vocab_size(tokenizer) -> int:
@@ -146,34 +164,109 @@ def _tail_split(lengths: np.ndarray, eval_fraction: float) -> int:
     return len(lengths) - min(n_eval, len(lengths) - 1)
 
 
-def _build_streams(name, files, eval_files, tokenizer, eval_fraction, text_field, seed, bin_dtype):
+Pieces = list[tuple[int, int]]  # held-out [start, end) ranges of a stream, sorted and disjoint
+
+
+def _snap(position: int, boundaries: np.ndarray) -> int:
+    """The boundary nearest to ``position`` (the lower one on a tie); ``boundaries`` is sorted and holds 0 and n."""
+    i = int(np.searchsorted(boundaries, position))
+    if i == 0:
+        return int(boundaries[0])
+    if i == len(boundaries):
+        return int(boundaries[-1])
+    low, high = int(boundaries[i - 1]), int(boundaries[i])
+    return low if position - low <= high - position else high
+
+
+def _interleaved_pieces(n: int, eval_fraction: float, doc_starts: np.ndarray | None) -> Pieces:
+    """The last ``eval_fraction`` of each of B equal blocks of an n-token stream (see the module docstring)."""
+    target = math.ceil(eval_fraction * n)
+    blocks = max(1, min(MAX_PIECES, target // MIN_PIECE_TOKENS))
+    edges = [k * n // blocks for k in range(blocks + 1)]
+    exact = [(end - math.ceil(eval_fraction * (end - start)), end) for start, end in zip(edges[:-1], edges[1:])]
+    if doc_starts is None:
+        return exact
+    boundaries = np.append(doc_starts, n)
+    # Snapping is monotone, so the pieces stay sorted and disjoint; pieces that shrink to nothing are dropped.
+    snapped = [(s, e) for s, e in ((_snap(a, boundaries), _snap(b, boundaries)) for a, b in exact) if e > s]
+    held_out = sum(e - s for s, e in snapped)
+    if target / 2 <= held_out <= 2 * target and held_out < n:
+        return snapped
+    return exact  # documents too few or too big for whole-document pieces
+
+
+def _split(stream: np.ndarray, pieces: Pieces) -> tuple[np.ndarray, np.ndarray]:
+    """(train, eval): the stream without the pieces, in order, and the pieces concatenated."""
+    keep = np.ones(len(stream), dtype=bool)
+    for start, end in pieces:
+        keep[start:end] = False
+    return stream[keep], stream[~keep]
+
+
+def _eos_doc_starts(stream: np.ndarray, eos: int | None) -> np.ndarray | None:
+    """Start offsets of the documents of a pre-tokenized stream (each EOS ends one); None without any EOS."""
+    if eos is None:
+        return None
+    ends = np.flatnonzero(stream == eos) + 1
+    if not len(ends):
+        return None
+    return np.concatenate([[0], ends[ends < len(stream)]])
+
+
+def _documents_touched(pieces: Pieces, doc_starts: np.ndarray | None) -> int | None:
+    """How many documents have tokens in the pieces; None when the stream has no known document boundaries."""
+    if doc_starts is None:
+        return None
+    count, last_counted = 0, -1
+    for start, end in pieces:
+        first = max(int(np.searchsorted(doc_starts, start, side="right")) - 1, last_counted + 1)
+        last = int(np.searchsorted(doc_starts, end - 1, side="right")) - 1
+        count += max(0, last - first + 1)
+        last_counted = max(last_counted, last)
+    return count
+
+
+@dataclass
+class _Streams:
+    train: np.ndarray
+    eval: np.ndarray
+    eval_pieces: Pieces  # where the eval tokens came from: [start, end) in the source stream
+    eval_documents: int | None  # documents with tokens in the eval split (None: no separators to count by)
+
+
+def _build_streams(name, files, eval_files, tokenizer, eval_fraction, text_field, seed, bin_dtype) -> _Streams:
     dtype = token_dtype(tokenizer)
     rng = np.random.default_rng(seed)
+    eos = tokenizer.eos_token_id
     if is_pretokenized(files):
-        train = _token_stream(name, files, bin_dtype, tokenizer, dtype)
-        if eval_files is None:
-            cut = len(train) - math.ceil(eval_fraction * len(train))
-            eos_positions = np.flatnonzero(train[:cut] == tokenizer.eos_token_id)
-            if len(eos_positions) and eos_positions[-1] + 1 < cut:
-                cut = int(eos_positions[-1]) + 1
-            train, evals = train[:cut], train[cut:]
+        stream = _token_stream(name, files, bin_dtype, tokenizer, dtype)
+        doc_starts = _eos_doc_starts(stream, eos)
+        pieces = _interleaved_pieces(len(stream), eval_fraction, doc_starts) if eval_files is None else []
     else:
         docs = _encode_documents(name, files, tokenizer, text_field, rng, dtype)
-        train = np.concatenate(docs)
+        stream = np.concatenate(docs)
+        lengths = np.array([len(d) for d in docs])
+        doc_starts = np.cumsum(lengths) - lengths
+        pieces = []
         if eval_files is None:
-            lengths = np.array([len(d) for d in docs])
             eval_tokens = int(lengths[_tail_split(lengths, eval_fraction):].sum())
-            target = math.ceil(eval_fraction * len(train))
-            if eval_tokens == 0 or eval_tokens > 2 * target:  # documents too few or too big to split between
-                eval_tokens = target
-            train, evals = train[: len(train) - eval_tokens], train[len(train) - eval_tokens :]
-    if eval_files is not None:
-        eval_rng = np.random.default_rng([seed, 1])  # its own stream: the train order does not depend on it
-        if is_pretokenized(eval_files):
-            evals = _token_stream(name, eval_files, bin_dtype, tokenizer, dtype)
-        else:
-            evals = np.concatenate(_encode_documents(name, eval_files, tokenizer, text_field, eval_rng, dtype))
-    return train, evals
+            if 0 < eval_tokens <= 2 * math.ceil(eval_fraction * len(stream)):
+                pieces = [(len(stream) - eval_tokens, len(stream))]  # whole shuffled documents: a random sample
+            else:
+                pieces = _interleaved_pieces(len(stream), eval_fraction, doc_starts)
+    if eval_files is None:
+        train, evals = _split(stream, pieces)
+        return _Streams(train, evals, pieces, _documents_touched(pieces, doc_starts))
+    eval_rng = np.random.default_rng([seed, 1])  # its own stream: the train order does not depend on it
+    if is_pretokenized(eval_files):
+        evals = _token_stream(name, eval_files, bin_dtype, tokenizer, dtype)
+        eval_doc_starts = _eos_doc_starts(evals, eos)
+    else:
+        eval_docs = _encode_documents(name, eval_files, tokenizer, text_field, eval_rng, dtype)
+        evals = np.concatenate(eval_docs)
+        eval_doc_starts = np.cumsum([len(d) for d in eval_docs]) - np.array([len(d) for d in eval_docs])
+    whole = [(0, len(evals))] if len(evals) else []
+    return _Streams(stream, evals, whole, _documents_touched(whole, eval_doc_starts))
 
 
 def _save_atomic(path: Path, array: np.ndarray) -> int:
@@ -193,6 +286,8 @@ def _cached_meta(entry: Path) -> dict | None:
         for split, size in meta["bytes"].items():
             if (entry / f"{split}.npy").stat().st_size != size:
                 raise ValueError(f"{split}.npy has changed size")
+        if sum(length for _, length in meta["eval_pieces"]) != meta["eval_stream_tokens"]:
+            raise ValueError("eval_pieces do not add up to the eval split")
     except (OSError, ValueError, KeyError, TypeError) as exc:
         log.warning("cache entry %s is damaged (%s); tokenizing again", entry, exc)
         return None
@@ -215,12 +310,52 @@ def _check_sizes(name, train_len, eval_len, seq_len, from_eval_files) -> None:
         )
 
 
-def _as_sequences(path: Path, seq_len: int, limit: int | None) -> np.ndarray:
+def _as_sequences(path: Path, seq_len: int) -> np.ndarray:
     stream = np.load(path, mmap_mode="r", allow_pickle=False)
     n = len(stream) // seq_len
-    if limit is not None:
-        n = min(n, limit)
     return stream[: n * seq_len].reshape(n, seq_len)
+
+
+def spread_indices(available: int, count: int) -> np.ndarray:
+    """``count`` evenly spaced indices into ``range(available)``, the first and the last included (integer
+    arithmetic: exact, so every platform picks the same sequences)."""
+    if count >= available:
+        return np.arange(available)
+    if count == 1:
+        return np.zeros(1, dtype=np.int64)
+    return np.arange(count, dtype=np.int64) * (available - 1) // (count - 1)
+
+
+def _eval_sequences(path: Path, piece_lengths: list[int], seq_len: int, limit: int | None) -> np.ndarray:
+    """The eval set: sequences cut inside each held-out piece, evenly spread over all of them when capped."""
+    stream = np.load(path, mmap_mode="r", allow_pickle=False)
+    offsets = np.cumsum([0, *piece_lengths[:-1]])
+    starts = np.concatenate(
+        [np.arange(o, o + (n // seq_len) * seq_len, seq_len) for o, n in zip(offsets, piece_lengths)] or [[]]
+    ).astype(np.int64)
+    if not len(starts):  # every piece is shorter than a sequence: cut across them rather than have no eval set
+        starts = np.arange(0, (len(stream) // seq_len) * seq_len, seq_len)
+    if limit is not None:
+        starts = starts[spread_indices(len(starts), limit)]
+    if len(starts) and starts[0] == 0 and starts[-1] == (len(starts) - 1) * seq_len:
+        return stream[: len(starts) * seq_len].reshape(-1, seq_len)  # one contiguous run: stays a memmap view
+    return np.asarray(stream[starts[:, None] + np.arange(seq_len)])  # (n_seqs, seq_len); at most limit rows
+
+
+def _eval_warnings(name: str, meta: dict) -> list[str]:
+    """Why the domain's eval loss could not represent the domain, if it cannot."""
+    documents, pieces = meta["eval_documents"], meta["eval_pieces"]
+    if documents is not None and documents < 2:
+        return [
+            f"domain {name!r}: its eval split holds a single document, so its eval loss (and its mixing law) "
+            "measure that one document, not the domain; give it more documents or eval_files"
+        ]
+    if documents is None and len(pieces) < 2:
+        return [
+            f"domain {name!r}: its eval split is one contiguous slice of a token stream without EOS separators, "
+            "so its eval loss measures that one place; give eval_files, or more data so the split is interleaved"
+        ]
+    return []
 
 
 def prepare_domain(
@@ -266,21 +401,24 @@ def prepare_domain(
         log.info("domain %r: reusing cached tokens in %s", name, entry)
     else:
         started = time.perf_counter()
-        train, evals = _build_streams(
-            name, train_files, eval_list, tokenizer, eval_fraction, text_field, seed, bin_dtype
-        )
-        _check_sizes(name, len(train), len(evals), seq_len, eval_list is not None)
-        sizes = {"train": _save_atomic(entry / "train.npy", train)}
+        streams = _build_streams(name, train_files, eval_list, tokenizer, eval_fraction, text_field, seed, bin_dtype)
+        _check_sizes(name, len(streams.train), len(streams.eval), seq_len, eval_list is not None)
+        sizes = {"train": _save_atomic(entry / "train.npy", streams.train)}
         fault_point("tokenize")
-        sizes["eval"] = _save_atomic(entry / "eval.npy", evals)
-        meta = {"name": name, "train_stream_tokens": len(train), "eval_stream_tokens": len(evals), "key": key_source,
-                "bytes": sizes}
+        sizes["eval"] = _save_atomic(entry / "eval.npy", streams.eval)
+        meta = {
+            "name": name, "train_stream_tokens": len(streams.train), "eval_stream_tokens": len(streams.eval),
+            "eval_pieces": [[start, end - start] for start, end in streams.eval_pieces],
+            "eval_documents": streams.eval_documents, "key": key_source, "bytes": sizes,
+        }
         write_json(entry / "meta.json", meta)  # written last: its presence means the entry is complete
         log.info(
-            "domain %r: tokenized %d train + %d eval tokens in %.1fs",
-            name, len(train), len(evals), time.perf_counter() - started,
+            "domain %r: tokenized %d train + %d eval tokens (%d eval pieces) in %.1fs",
+            name, len(streams.train), len(streams.eval), len(streams.eval_pieces), time.perf_counter() - started,
         )
     _check_sizes(name, meta["train_stream_tokens"], meta["eval_stream_tokens"], seq_len, eval_list is not None)
-    train_seqs = _as_sequences(entry / "train.npy", seq_len, None)
-    eval_seqs = _as_sequences(entry / "eval.npy", seq_len, max_eval_sequences)
-    return TokenizedDomain(name, train_seqs, eval_seqs, int(train_seqs.size), int(eval_seqs.size), entry)
+    train_seqs = _as_sequences(entry / "train.npy", seq_len)
+    piece_lengths = [length for _, length in meta["eval_pieces"]]
+    eval_seqs = _eval_sequences(entry / "eval.npy", piece_lengths, seq_len, max_eval_sequences)
+    return TokenizedDomain(name, train_seqs, eval_seqs, int(train_seqs.size), int(eval_seqs.size), entry,
+                           warnings=_eval_warnings(name, meta))

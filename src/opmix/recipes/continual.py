@@ -7,6 +7,7 @@ oracle from the same checkpoint at every stage (SPEC section 4).
       - 9 proxies on the segment between them: theta_0 + (1-a)*Delta_old + a*Delta_new, a in {0, 1/8, ..., 1};
         the regression coordinate is the effective new-data fraction r = 0.1 + 0.8a (old = 1 - r), not a.
       - laws on the eval splits of D1..Dk; prior q: Dk = 0.5, each old domain d = 0.5 * p[d]; lambda = 0.05.
+      - guard (SPEC section 8): short real runs on w and on the prior's mixture; the better one is kept.
       - full training for the stage budget on w = x_old*p + x_new*e_k; then p <- w for the next stage.
       - each stage draws fresh (disjoint) data from every domain where the data allows.
 """
@@ -31,6 +32,7 @@ from opmix.continual.segment import (
 from opmix.continual.training import StageSchedule
 from opmix.diagnostics import segment_warnings
 from opmix.domains import OLD
+from opmix.guard import PROPOSAL, SAFE, guard_proposal, laws_from_rows, predicted_mean
 from opmix.report import export_model
 from opmix.run.rundir import RunDir
 from opmix.search import propose_mixture
@@ -77,10 +79,22 @@ def run(cfg: ContinualConfig, run_dir: RunDir) -> dict:
             ws.run, f"s{k}_propose", law_coordinates(r), Y, [OLD, new], seen,
             own_components=[0] * (k - 1) + [1], prior=continual_prior(p, new, seen, method.prior_new_weight),
             expansion=stage_expansion(p, new, seen), kl_weight=method.proposer.kl_weight,
-            law_settings=method.law.model_dump(), solver=method.proposer.solver, seed=cfg.seed,
+            law_settings=method.law.model_dump(), solver=method.proposer.solver, seed=cfg.seed, ledger=ws.ledger,
         )
         x_new = proposal.components[new]
         w = stage_mixture(x_new, p, new, seen)
+        warnings = proposal.warnings + segment_warnings(r, Y, seen)
+
+        # Guard (SPEC section 8): short real runs of this stage on w and on the prior's mixture (50/50 by default);
+        # the stage continues the winner.
+        r_safe, laws = method.prior_new_weight, laws_from_rows(proposal.laws)
+        guard = guard_proposal(
+            ws, f"s{k}_", checkpoint, w, stage_mixture(r_safe, p, new, seen), schedule(k), (k - 1) * S, k * S, seen,
+            predicted={PROPOSAL: predicted_mean(laws, [1 - x_new, x_new]),
+                       SAFE: predicted_mean(laws, [1 - r_safe, r_safe])},
+            law_warnings=warnings, settings=method.guard,
+        )
+        chosen_r = x_new if guard.record["chosen"] == PROPOSAL else r_safe
 
         # Grid oracle (run: grid): full training at r = 0.1 ... 0.9 from this same checkpoint.
         grid = None
@@ -88,13 +102,17 @@ def run(cfg: ContinualConfig, run_dir: RunDir) -> dict:
             b = cfg.baselines
             grid = sweep_grid(ws, k, checkpoint, p, new, seen, b.grid, b.grid_seeds, schedule(k), k * S)
 
-        # 5. Full training for the stage budget on w, continuing the previous stage (weights, optimizer, data).
-        checkpoint = train_full(ws, f"s{k}_train", w, schedule(k), end_step=k * S, start_from=checkpoint)
-        record = stage_record(ws, k, seen, f"s{k}_train", w, proposal.components,
-                              proposal.warnings + segment_warnings(r, Y, seen), previous_step=f"s{k - 1}_train",
-                              proxies={"r": r.tolist(), "eval_loss": Y.tolist()})
+        # 5. Full training for the stage budget on the chosen mixture, continuing the previous stage (weights,
+        #    optimizer, data) through the guard's run of that mixture.
+        w = guard.mixture
+        checkpoint = train_full(ws, f"s{k}_train", w, schedule(k), end_step=k * S, start_from=guard.start_from)
+        record = stage_record(ws, k, seen, f"s{k}_train", w, {OLD: 1 - chosen_r, new: chosen_r},
+                              warnings + guard.warnings, previous_step=f"s{k - 1}_train",
+                              continued=guard.record.get("continued_step"),
+                              proxies={"r": r.tolist(), "eval_loss": Y.tolist()}, proposed_r=x_new,
+                              guard=guard.record)
         if grid is not None:
-            record["grid"] = grid_report(grid, x_new, record["mean_eval_loss"], r, Y)
+            record["grid"] = grid_report(grid, chosen_r, record["mean_eval_loss"], r, Y)
         stages.append(record)
         p = w  # carried to the next stage
 

@@ -4,6 +4,7 @@
     Probes from the prefix checkpoint: one `old` probe on p, and one per domain on 0.9*Di + 0.1*p.
     Proxies: 12 Dirichlet(1) samples over the m+1 components.
     Prior q: old = 0.5, each domain 0.5/m (M = identity in this phase).
+    Guard (SPEC section 8): short real runs on the proposal and on the prior's mixture; the better one is kept.
     Final: continue from the prefix checkpoint for the remaining 80% on the expanded mixture.
 """
 
@@ -15,6 +16,7 @@ import numpy as np
 
 from opmix.config.pretrain import PretrainConfig
 from opmix.domains import OLD, expand, mix, normalize, uniform
+from opmix.guard import PROPOSAL, SAFE, guard_proposal, laws_from_rows, predicted_mean, total_variation
 from opmix.propose import repetition_caps
 from opmix.report import export_model, run_summary
 from opmix.run.rundir import RunDir
@@ -60,20 +62,47 @@ def run(cfg: PretrainConfig, run_dir: RunDir) -> dict:
         ws.run, "propose", X, Y, components, domains,
         own_components=[components.index(d) for d in domains], prior=q, expansion=M,
         kl_weight=method.proposer.kl_weight, caps=caps, law_settings=method.law.model_dump(),
-        solver=method.proposer.solver, seed=cfg.seed,
+        solver=method.proposer.solver, seed=cfg.seed, ledger=ws.ledger,
     )
     mixture = expand(proposal.components, domains, p)
+    safe = expand(dict(zip(components, q)), domains, p)  # the prior's mixture: uniform under the default prior
 
-    # 5. Final: continue the prefix (weights, optimizer, schedule) for the remaining 80% on the mixture.
-    final = train_full(ws, "final", mixture, schedule, end_step=S, start_from=prefix)
+    # 5. Guard (SPEC section 8): short real runs from the prefix on the proposal and on the prior's mixture; the
+    #    final training continues the winner, so a user is never worse off than with the safe mixture.
+    laws = laws_from_rows(proposal.laws)
+    guard = guard_proposal(
+        ws, "", prefix, mixture, safe, schedule, cfg.prefix_steps, S, domains,
+        predicted={PROPOSAL: predicted_mean(laws, list(proposal.components.values())), SAFE: predicted_mean(laws, q)},
+        law_warnings=proposal.warnings, settings=method.guard,
+    )
+
+    # 6. Final: continue the prefix (weights, optimizer, schedule) for the remaining 80% on the chosen mixture.
+    final = train_full(ws, "final", guard.mixture, schedule, end_step=S, start_from=guard.start_from)
     export_model(ws, final, ws.run.path("final", "model"))
 
-    # Baseline: ERM (no mixing) keeps p for the whole budget: the same prefix, continued on p.
-    baseline = None
-    if cfg.baseline == "erm":
-        baseline = train_full(ws, "erm", p, schedule, end_step=S, start_from=prefix)
-    return run_summary(ws, mixture, proposal, final_step="final", baseline_step="erm" if baseline else None,
-                       prefix_mixture=p, started=started)
+    # Baselines under the same budget, each continuing the same prefix: ERM keeps p, natural weighs by size.
+    baselines = {name: baseline_run(ws, name, p if name == "erm" else natural(ws), prefix, schedule, S, guard, safe)
+                 for name in cfg.baselines}
+    return run_summary(ws, guard.mixture, proposal, guard, final_step="final", baselines=baselines,
+                       started=started)
+
+
+def baseline_run(ws, name: str, weights: dict, prefix, schedule, end_step: int, guard, safe: dict) -> dict:
+    """A fixed-mixture baseline continuing the prefix to the end of the budget. When the guard already trained
+    the first steps of that same run (its safe mixture is this baseline's), the baseline continues the guard's
+    run, and when the guard chose it, the final training *is* this baseline: nothing is trained twice."""
+    start, steps = prefix, ["prefix"]
+    if guard.record.get("checked") and total_variation(safe, weights) < 1e-9:
+        if guard.record["chosen"] == SAFE:
+            return {"mixture": weights, "steps": ["prefix", "guard_safe", "final"], "result_step": "final"}
+        start, steps = ws.run.path("guard_safe", "checkpoint"), ["prefix", "guard_safe"]
+    train_full(ws, name, weights, schedule, end_step=end_step, start_from=start)
+    return {"mixture": weights, "steps": [*steps, name], "result_step": name}
+
+
+def natural(ws) -> dict[str, float]:
+    """Weights proportional to each domain's train tokens (SPEC section 4, "Natural")."""
+    return normalize({d: float(ws.domains[d].train_tokens) for d in ws.domain_names}, "natural mixture")
 
 
 def _caps(cfg: PretrainConfig, ws) -> np.ndarray | None:

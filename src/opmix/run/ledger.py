@@ -6,7 +6,10 @@ The FLOPs formulas are the usual dense-transformer estimates with N = parameters
 - full training ``6 N T`` (forward 2, backward 4);
 - LoRA training ``4 N T + 6 N_lora T``: frozen weights still need the forward (2) and the gradient with respect to
   their inputs (2), but not the weight gradient (2); the adapter itself is trained in full;
-- evaluation ``2 N T``; generation ``2 N`` per generated token (prompt tokens are evaluation: use ``eval_flops``).
+- evaluation ``2 N T``; generation ``2 N`` per generated token (prompt tokens are evaluation: use ``eval_flops``);
+- fitting the laws and proposing (``law_fit_flops`` + ``proposer_flops``): an estimate counted from the fit's
+  actual objective evaluations, plus a rough bound for the proposer's small convex program. Tiny next to any
+  training stage, but recorded, with its seconds, so that no stage of the method is left out of the ledger.
 
 The ledger file (``ledger.json``) keeps stages in the order they were first recorded::
 
@@ -118,6 +121,31 @@ def eval_flops(n_params: int, tokens: int) -> float:
 def generation_flops(n_params: int, generated_tokens: int) -> float:
     """Generation: ``2 N`` per generated token (the KV cache makes each new token one forward of one position)."""
     return 2.0 * n_params * generated_tokens
+
+
+_LBFGS_FLOPS_PER_PARAM = 80  # two-loop recursion: 10 stored pairs x (dot + axpy, 2 ways) ~ 8 flops per entry each
+_POINT_FLOPS = 20  # per proxy point: exp, clip, residual, Huber value and slope, products (on top of 4k for t . x)
+_IPM_ITERATIONS = 30  # interior-point iterations of the proposer's solve (Clarabel usually needs 10-30)
+
+
+def law_fit_flops(n_evaluations: int, n_points: int, n_coordinates: int) -> float:
+    """Estimated FLOPs of fitting one law ``exp(c) + exp(t . x)`` over ``n_coordinates`` components.
+
+    Counted from the fit's objective evaluations (``LogLinearLaw.n_evaluations_``: starts x line-search trials,
+    searched and polished), each over ``n_points`` points: ``t . x`` and the gradient's ``psi . X`` (2k each),
+    ``_POINT_FLOPS`` for the rest per point, plus the L-BFGS direction over the k + 1 parameters (counted once per
+    evaluation: a slight overestimate when a line search takes several trials). An estimate, not a measurement.
+    """
+    per_evaluation = n_points * (4 * n_coordinates + _POINT_FLOPS) + _LBFGS_FLOPS_PER_PARAM * (n_coordinates + 1)
+    return float(n_evaluations) * per_evaluation
+
+
+def proposer_flops(n_laws: int, n_components: int, n_domains: int) -> float:
+    """A rough upper estimate of the proposer's exponential-cone program: ``_IPM_ITERATIONS`` dense factorisations
+    (s^3 / 3) of a KKT system of size s = 2 k + 3 (n + d) + 1 (the variables, an exponential cone of 3 per law and
+    per KL term, the constraints). The solver's sparse factorisation does less."""
+    size = 2 * n_components + 3 * (n_laws + n_domains) + 1
+    return _IPM_ITERATIONS * size**3 / 3.0
 
 
 def count_params(model: Any, exclude_input_embeddings: bool = True) -> int:

@@ -44,6 +44,7 @@ def test_a_pretraining_run_directory_means_its_final_model(tmp_path):
     ({"baselines": {"grid": [0.1, 1.5]}}, "grid"),
     ({"run": "bogus"}, "run"),
     ({"train": {"steps": 2}, "method": {"probe_fraction": 0.1}}, "probe"),
+    ({"method": {"n_proxies": 3}}, r"method.n_proxies: 3 proxies cannot overdetermine the laws: each has 3 parameters.*fix: raise"),
 ])
 def test_bad_input_names_the_problem(change, words):
     with pytest.raises(OpmixError, match=words):

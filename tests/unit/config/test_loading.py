@@ -39,7 +39,8 @@ def test_unknown_key_suggests_the_nearest():
 @pytest.mark.parametrize("raw, match", [
     (_raw(domains=[{"name": "a", "files": ["x"]}, {"name": "a", "files": ["y"]}]), "duplicate domain"),
     (_raw(method={"initial_mixture": {"zzz": 1.0}}), "unknown domain"),
-    (_raw(method={"n_proxies": 2}), "fewer than the 3 components"),
+    (_raw(method={"n_proxies": 4}), r"n_proxies=4 cannot overdetermine the laws.*3 components has 4 parameters.*"
+                                     r"fix: raise method.n_proxies to 8 or more \(the minimum is 5\)"),
     (_raw(model={}), "exactly one of model.path"),
     (_raw(train={"steps": 2}), "prefix steps"),
     (_raw(train={"steps": 3}), "0 probe steps"),

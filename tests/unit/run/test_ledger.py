@@ -1,5 +1,6 @@
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -9,7 +10,9 @@ from opmix.run.ledger import (
     count_params,
     eval_flops,
     generation_flops,
+    law_fit_flops,
     lora_train_flops,
+    proposer_flops,
     train_flops,
 )
 
@@ -106,3 +109,54 @@ def test_count_params_plain_module_with_position_embedding():
     model = Tiny()
     assert count_params(model) == (4 * 4 + 4) + 10 * 4  # proj + tied head; both lookups excluded as lookups
     assert count_params(model, exclude_input_embeddings=False) == 10 * 4 + 8 * 4 + 20
+
+
+def test_law_fit_and_proposer_flops_estimates():
+    assert law_fit_flops(0, 12, 4) == 0.0
+    assert law_fit_flops(1000, 12, 4) == pytest.approx(1000 * (12 * (4 * 4 + 20) + 80 * 5))
+    assert law_fit_flops(2000, 12, 4) == 2 * law_fit_flops(1000, 12, 4)  # linear in the counted work
+    assert 0 < proposer_flops(3, 4, 4) < law_fit_flops(1000, 12, 4)
+
+
+def test_fit_and_proposal_are_recorded_once_in_the_ledger(tmp_path):
+    from opmix.run.rundir import RunDir
+    from opmix.search import propose_mixture
+
+    rng = np.random.default_rng(0)
+    X = rng.dirichlet(np.ones(3), size=8)  # 8 points for laws of 4 parameters: twice as many
+    T = np.array([[0.2, -1.0, 0.1], [0.1, 0.3, -0.8]])
+    Y = 0.7 + np.exp(X @ T.T) + rng.normal(0.0, 0.002, size=(8, 2))
+    ledger = ComputeLedger(tmp_path / "ledger.json")
+
+    def propose(run):
+        return propose_mixture(run, "propose", X, Y, ["old", "code", "math"], ["code", "math"], [1, 2],
+                               prior=np.array([0.5, 0.25, 0.25]), expansion=np.eye(3),
+                               law_settings={"n_c_starts": 2, "n_t_starts": 3}, ledger=ledger)
+
+    with RunDir(tmp_path / "run").lock() as run:
+        proposal = propose(run)
+        entry = ComputeLedger(tmp_path / "ledger.json").as_dict()["propose"]
+        evaluations = sum(law["n_evaluations"] for law in proposal.laws)
+        assert evaluations > 0 and entry["tokens"] == 0 and entry["seconds"] > 0
+        assert entry["flops"] == pytest.approx(law_fit_flops(evaluations, 8, 3) + proposer_flops(2, 3, 3))
+        assert run.step_info("propose")["flops"] == entry["flops"]
+        assert proposal.warnings == []
+        for law in proposal.laws:  # the figures behind the diagnostics travel with the laws
+            d = law["diagnostics"]
+            assert d["n_proxies"] == 8 and d["n_params"] == 4 and d["r2"] > 0.9 and d["own_excess"] < 0
+        again = propose(run)  # done: nothing is refitted or counted twice
+    assert again.components == proposal.components
+    assert ComputeLedger(tmp_path / "ledger.json").as_dict()["propose"] == entry
+
+
+def test_too_few_proxies_for_the_laws_are_reported(tmp_path):
+    from opmix.run.rundir import RunDir
+    from opmix.search import propose_mixture
+
+    X = np.random.default_rng(1).dirichlet(np.ones(3), size=5)  # 5 points, 4 parameters: barely overdetermined
+    Y = 0.7 + np.exp(X @ np.array([[0.2, -1.0, 0.1]]).T)
+    with RunDir(tmp_path / "run").lock() as run:
+        proposal = propose_mixture(run, "propose", X, Y, ["old", "code", "math"], ["code"], [1],
+                                   prior=np.array([0.5, 0.25, 0.25]), expansion=np.eye(3),
+                                   law_settings={"n_c_starts": 2, "n_t_starts": 3})
+    assert any("only 5 proxies for laws of 4 parameters" in w for w in proposal.warnings)

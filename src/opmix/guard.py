@@ -1,0 +1,120 @@
+"""The guard (SPEC section 8): a user is never worse off for using opmix than with the safe mixture.
+
+The proxies can mis-rank mixtures on data unlike the one the method was tuned on (docs/FIDELITY.md), and nothing in
+the laws' fit shows it. So before the full training commits to the proposal, two short *real* continuations run from
+the checkpoint it starts from, with the run's own optimizer, data stream and learning-rate schedule: one on the
+proposed mixture, one on the safe mixture (the prior's: uniform in pretraining, 50/50 in continual midtraining).
+
+    both runs better/worse as the proxies predicted -> keep the proposal
+    the safe mixture's real loss is lower            -> the guard fires: train on the safe mixture, and say why
+
+Both runs are exactly the first ``check_fraction`` of the full training they stand for (same schedule, same
+optimizer state, same data stream), so the full training continues the winning run instead of starting over: the
+guard's own cost is the losing run and two evaluations. No check runs when the proposal is within
+``min_distance`` (total variation) of the safe mixture: the two would train alike and a short run could not tell
+them apart.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from opmix.eval import mean_loss
+from opmix.stages import train_full
+
+log = logging.getLogger(__name__)
+
+PROPOSAL, SAFE = "proposal", "safe"
+
+
+@dataclass
+class GuardOutcome:
+    mixture: dict[str, float]  # what the full training trains on
+    start_from: Path  # the checkpoint the full training continues (a check run's, or the one it would have used)
+    record: dict  # for summary.json: what was checked, the figures, the decision and why
+    warnings: list[str]
+
+
+def total_variation(a: Mapping[str, float], b: Mapping[str, float]) -> float:
+    keys = set(a) | set(b)
+    return 0.5 * sum(abs(a.get(k, 0.0) - b.get(k, 0.0)) for k in keys)
+
+
+def predicted_mean(laws: Sequence, x: np.ndarray) -> float:
+    """The laws' mean predicted eval loss at component weights ``x``: what the proxies say of a mixture."""
+    return float(np.mean([law.predict(np.asarray(x, dtype=float)[None, :])[0] for law in laws]))
+
+
+def guard_proposal(
+    ws,
+    prefix: str,  # step-name prefix: "" in pretraining, "s<k>_" in continual midtraining
+    start_from: Path,
+    proposal: Mapping[str, float],
+    safe: Mapping[str, float],
+    schedule,
+    start_step: int,
+    end_step: int,
+    eval_domains: Sequence[str],
+    predicted: Mapping[str, float] | None,  # the laws' mean prediction at each of PROPOSAL, SAFE
+    law_warnings: Sequence[str],
+    settings,
+) -> GuardOutcome:
+    """Check ``proposal`` against ``safe`` with two short real runs and pick the mixture the full training uses."""
+    distance = total_variation(proposal, safe)
+    record = {"enabled": bool(settings.enabled), "distance": distance, "checked": False, "fired": False,
+              "chosen": PROPOSAL, "predicted": dict(predicted) if predicted else None}
+    if not settings.enabled:
+        record["reason"] = "disabled (method.guard.enabled: false)"
+        return GuardOutcome(dict(proposal), start_from, record, [])
+    if distance < settings.min_distance:
+        record["reason"] = (f"the proposal is within {distance:.3f} (total variation) of the safe mixture, below "
+                            f"method.guard.min_distance = {settings.min_distance}: nothing to check")
+        return GuardOutcome(dict(proposal), start_from, record, [])
+
+    steps = max(1, round(settings.check_fraction * (end_step - start_step)))
+    checkpoints, real = {}, {}
+    for name, mixture in ((PROPOSAL, proposal), (SAFE, safe)):
+        step = f"{prefix}guard_{name}"
+        checkpoints[name] = train_full(ws, step, mixture, schedule, end_step=start_step + steps, start_from=start_from)
+        losses = ws.run.step_info(step)["eval_loss"]
+        real[name] = mean_loss({d: losses[d] for d in eval_domains})
+    fired = real[SAFE] < real[PROPOSAL]
+    chosen = SAFE if fired else PROPOSAL
+    gap = (real[PROPOSAL] - real[SAFE]) / real[SAFE]
+    record.update({
+        "checked": True, "fired": fired, "chosen": chosen, "steps": steps,
+        "real": real, "relative_gap": gap, "continued_step": f"{prefix}guard_{chosen}",
+        "overhead_step": f"{prefix}guard_{SAFE if chosen == PROPOSAL else PROPOSAL}",
+    })
+    warnings: list[str] = []
+    proxies_said = ""
+    if predicted:
+        agree = (predicted[PROPOSAL] <= predicted[SAFE]) == (real[PROPOSAL] <= real[SAFE])
+        record["proxies_agree"] = bool(agree)
+        proxies_said = (f"; the laws predicted {predicted[PROPOSAL]:.4f} vs {predicted[SAFE]:.4f}"
+                        + ("" if agree else ", the other way round"))
+    if fired:
+        why = "the proxies mis-ranked them" if record.get("proxies_agree") is False else "the proposal lost"
+        if law_warnings:
+            why += f" (and {len(law_warnings)} law diagnostic(s) were raised)"
+        record["reason"] = (f"after {steps} real steps the proposal's mean eval loss {real[PROPOSAL]:.4f} is "
+                            f"{100 * gap:+.2f}% above the safe mixture's {real[SAFE]:.4f}{proxies_said}: {why}")
+        warnings.append(f"guard fired: {record['reason']}; training on the safe mixture (the prior's) instead")
+    else:
+        record["reason"] = (f"after {steps} real steps the proposal's mean eval loss {real[PROPOSAL]:.4f} is "
+                            f"{100 * gap:+.2f}% against the safe mixture's {real[SAFE]:.4f}{proxies_said}: "
+                            "the proposal is kept")
+    log.info("guard: %s", record["reason"])
+    return GuardOutcome(dict(safe if fired else proposal), checkpoints[chosen], record, warnings)
+
+
+def laws_from_rows(rows: Sequence[Mapping]) -> list:
+    """Fitted laws back from their saved rows (``Proposal.laws``)."""
+    from opmix.law import LogLinearLaw
+
+    return [LogLinearLaw.from_dict(dict(row)) for row in rows]
