@@ -18,7 +18,7 @@ def demo_config(data_dir: Path) -> dict:
         "model": {"builtin": "llama-1m"},
         "tokenizer": "builtin:bytes",
         "domains": [{"name": name, "files": [str(p) for p in paths]} for name, paths in corpus.items()],
-        "data": {"seq_len": 128, "eval_fraction": 0.05, "max_eval_sequences": 64},
+        "data": {"seq_len": 128, "eval_fraction": 0.05, "max_eval_sequences": 256},
         "train": {"steps": 600, "batch_size": 16, "lr": 3e-3, "warmup_fraction": 0.02, "decay_fraction": 0.2},
         "method": {"n_proxies": 12},
         "baseline": "erm",

@@ -5,8 +5,8 @@ the laws' fit shows it. So before the full training commits to the proposal, two
 the checkpoint it starts from, with the run's own optimizer, data stream and learning-rate schedule: one on the
 proposed mixture, one on the safe mixture (the prior's: uniform in pretraining, 50/50 in continual midtraining).
 
-    both runs better/worse as the proxies predicted -> keep the proposal
-    the safe mixture's real loss is lower            -> the guard fires: train on the safe mixture, and say why
+    the proposal's real loss is not above the safe one's by more than ``margin``  -> keep the proposal
+    it is                                   -> the guard fires: train on the safe mixture, and say why
 
 Both runs are exactly the first ``check_fraction`` of the full training they stand for (same schedule, same
 optimizer state, same data stream), so the full training continues the winning run instead of starting over: the
@@ -38,6 +38,24 @@ class GuardOutcome:
     start_from: Path  # the checkpoint the full training continues (a check run's, or the one it would have used)
     record: dict  # for summary.json: what was checked, the figures, the decision and why
     warnings: list[str]
+
+
+@dataclass(frozen=True)
+class CoolDown:
+    """The run's schedule up to ``branch_step``, then a linear decay from the rate there to ``final_ratio`` of it
+    over ``steps``: a check run's own short cool-down before it is evaluated. At the flat rate a short run's loss
+    favours whatever it saw last (docs/FIDELITY.md); cooled down, it reflects what the run has learned."""
+
+    base: object  # the run's schedule: global step -> multiplier of the peak rate
+    branch_step: int
+    steps: int
+    final_ratio: float
+
+    def __call__(self, step: int) -> float:
+        if step < self.branch_step:
+            return self.base(step)
+        progress = min((step - self.branch_step + 1) / self.steps, 1.0)
+        return self.base(self.branch_step) * (1.0 - (1.0 - self.final_ratio) * progress)
 
 
 def total_variation(a: Mapping[str, float], b: Mapping[str, float]) -> float:
@@ -83,11 +101,11 @@ def guard_proposal(
         checkpoints[name] = train_full(ws, step, mixture, schedule, end_step=start_step + steps, start_from=start_from)
         losses = ws.run.step_info(step)["eval_loss"]
         real[name] = mean_loss({d: losses[d] for d in eval_domains})
-    fired = real[SAFE] < real[PROPOSAL]
-    chosen = SAFE if fired else PROPOSAL
     gap = (real[PROPOSAL] - real[SAFE]) / real[SAFE]
+    fired = gap > settings.margin
+    chosen = SAFE if fired else PROPOSAL
     record.update({
-        "checked": True, "fired": fired, "chosen": chosen, "steps": steps,
+        "checked": True, "fired": fired, "chosen": chosen, "steps": steps, "margin": settings.margin,
         "real": real, "relative_gap": gap, "continued_step": f"{prefix}guard_{chosen}",
         "overhead_step": f"{prefix}guard_{SAFE if chosen == PROPOSAL else PROPOSAL}",
     })
@@ -106,8 +124,9 @@ def guard_proposal(
                             f"{100 * gap:+.2f}% above the safe mixture's {real[SAFE]:.4f}{proxies_said}: {why}")
         warnings.append(f"guard fired: {record['reason']}; training on the safe mixture (the prior's) instead")
     else:
+        within = f", within the {100 * settings.margin:g}% margin" if gap > 0 else ""
         record["reason"] = (f"after {steps} real steps the proposal's mean eval loss {real[PROPOSAL]:.4f} is "
-                            f"{100 * gap:+.2f}% against the safe mixture's {real[SAFE]:.4f}{proxies_said}: "
+                            f"{100 * gap:+.2f}% against the safe mixture's {real[SAFE]:.4f}{proxies_said}{within}: "
                             "the proposal is kept")
     log.info("guard: %s", record["reason"])
     return GuardOutcome(dict(safe if fired else proposal), checkpoints[chosen], record, warnings)

@@ -353,7 +353,8 @@ def _eval_warnings(name: str, meta: dict) -> list[str]:
     if documents is None and len(pieces) < 2:
         return [
             f"domain {name!r}: its eval split is one contiguous slice of a token stream without EOS separators, "
-            "so its eval loss measures that one place; give eval_files, or more data so the split is interleaved"
+            "so its eval loss measures that one place; give eval_files of EOS-separated documents, or more data so "
+            "the held-out split is interleaved over the stream"
         ]
     return []
 
