@@ -105,7 +105,7 @@ def _continual_jobs(root: Path, args) -> list[tuple]:
                 "train": {"steps": args.stage_steps, "batch_size": 16, "lr": 3e-3, "warmup_fraction": 0.02,
                           "decay_fraction": 0.2},
                 "method": {"probe_fraction": 0.25, "lora": {"r": 4, "alpha": 8}},
-                "baselines": {"grid": args.grid, "grid_seeds": 2},
+                "baselines": {"grid": args.grid, "grid_seeds": args.grid_seeds},
             }
             config = case_dir / f"s{seed}.yaml"
             config.write_text(yaml.safe_dump(raw))
@@ -229,6 +229,7 @@ def main() -> int:
     parser.add_argument("--start-steps", type=int, default=800, help="continual: the start model's pretraining")
     parser.add_argument("--stage-steps", type=int, default=200, help="continual: steps per stage")
     parser.add_argument("--grid", type=float, nargs="*", default=GRID)
+    parser.add_argument("--grid-seeds", type=int, default=2, help="real runs per grid point")
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--tables-only", action="store_true", help="only (re)write the tables from finished runs")
     args = parser.parse_args()

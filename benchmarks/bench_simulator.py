@@ -45,9 +45,9 @@ def main() -> int:
     from opmix.continual.training import StageSchedule
     from opmix.domains import OLD
     from opmix.eval import mean_loss
-    from opmix.guard import CoolDown
     from opmix.run.rundir import RunDir
     from opmix.stages import evaluate_proxies, train_full, train_probe
+    from opmix.train.schedule import CoolDown
     from opmix.workspace import open_workspace
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

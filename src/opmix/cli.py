@@ -45,7 +45,8 @@ def _parser() -> argparse.ArgumentParser:
     pretrain.add_argument("--config", "-c", type=Path, required=True, help="YAML config (see examples/)")
     pretrain.add_argument("--out", "-o", type=Path, required=True, help="run directory (re-run to resume)")
     pretrain.add_argument("--baseline", default=None, metavar="NAMES",
-                          help="also train these baselines under the same budget: erm, natural (comma-separated)")
+                          help="also train these baselines under the same budget: erm, natural, swarm, mergemix "
+                               "(comma-separated)")
     pretrain.add_argument("--trust-remote-code", action="store_true",
                           help="allow running the model directory's own Python code (auto_map); review it first")
     pretrain.add_argument("overrides", nargs="*", help="config overrides, e.g. train.steps=2000")

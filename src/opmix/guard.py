@@ -7,6 +7,7 @@ proposed mixture, one on the safe mixture (the prior's: uniform in pretraining, 
 
     the proposal's real loss is not above the safe one's by more than ``margin``  -> keep the proposal
     it is                                   -> the guard fires: train on the safe mixture, and say why
+    (when a check this short is known to favour the proposal, the proposal must instead win by ``margin``)
 
 Both runs are exactly the first ``check_fraction`` of the full training they stand for (same schedule, same
 optimizer state, same data stream), so the full training continues the winning run instead of starting over: the
@@ -40,24 +41,6 @@ class GuardOutcome:
     warnings: list[str]
 
 
-@dataclass(frozen=True)
-class CoolDown:
-    """The run's schedule up to ``branch_step``, then a linear decay from the rate there to ``final_ratio`` of it
-    over ``steps``: a check run's own short cool-down before it is evaluated. At the flat rate a short run's loss
-    favours whatever it saw last (docs/FIDELITY.md); cooled down, it reflects what the run has learned."""
-
-    base: object  # the run's schedule: global step -> multiplier of the peak rate
-    branch_step: int
-    steps: int
-    final_ratio: float
-
-    def __call__(self, step: int) -> float:
-        if step < self.branch_step:
-            return self.base(step)
-        progress = min((step - self.branch_step + 1) / self.steps, 1.0)
-        return self.base(self.branch_step) * (1.0 - (1.0 - self.final_ratio) * progress)
-
-
 def total_variation(a: Mapping[str, float], b: Mapping[str, float]) -> float:
     keys = set(a) | set(b)
     return 0.5 * sum(abs(a.get(k, 0.0) - b.get(k, 0.0)) for k in keys)
@@ -81,8 +64,15 @@ def guard_proposal(
     predicted: Mapping[str, float] | None,  # the laws' mean prediction at each of PROPOSAL, SAFE
     law_warnings: Sequence[str],
     settings,
+    check_favours_proposal: bool = False,
 ) -> GuardOutcome:
-    """Check ``proposal`` against ``safe`` with two short real runs and pick the mixture the full training uses."""
+    """Check ``proposal`` against ``safe`` with two short real runs and pick the mixture the full training uses.
+
+    ``check_favours_proposal``: the caller knows that a run as short as the check is biased toward the proposal
+    (in continual midtraining, a proposal with more new data than the safe mixture: over a short horizon learning
+    the new domain dominates, over the full stage the forgetting of the old ones catches up; docs/FIDELITY.md).
+    Then a check that merely does not contradict the proposal is no evidence for it: the proposal must *win* by
+    more than the margin, else the safe mixture is kept."""
     distance = total_variation(proposal, safe)
     record = {"enabled": bool(settings.enabled), "distance": distance, "checked": False, "fired": False,
               "chosen": PROPOSAL, "predicted": dict(predicted) if predicted else None}
@@ -102,10 +92,11 @@ def guard_proposal(
         losses = ws.run.step_info(step)["eval_loss"]
         real[name] = mean_loss({d: losses[d] for d in eval_domains})
     gap = (real[PROPOSAL] - real[SAFE]) / real[SAFE]
-    fired = gap > settings.margin
+    fired = gap > (-settings.margin if check_favours_proposal else settings.margin)
     chosen = SAFE if fired else PROPOSAL
     record.update({
         "checked": True, "fired": fired, "chosen": chosen, "steps": steps, "margin": settings.margin,
+        "check_favours_proposal": check_favours_proposal,
         "real": real, "relative_gap": gap, "continued_step": f"{prefix}guard_{chosen}",
         "overhead_step": f"{prefix}guard_{SAFE if chosen == PROPOSAL else PROPOSAL}",
     })
@@ -116,7 +107,13 @@ def guard_proposal(
         record["proxies_agree"] = bool(agree)
         proxies_said = (f"; the laws predicted {predicted[PROPOSAL]:.4f} vs {predicted[SAFE]:.4f}"
                         + ("" if agree else ", the other way round"))
-    if fired:
+    if fired and check_favours_proposal and gap <= settings.margin:
+        record["reason"] = (f"after {steps} real steps the proposal's mean eval loss {real[PROPOSAL]:.4f} is "
+                            f"{100 * gap:+.2f}% against the safe mixture's {real[SAFE]:.4f}{proxies_said}; a check "
+                            "this short favours the proposal's extra new data, so it must win by more than "
+                            f"{100 * settings.margin:g}% to be kept")
+        warnings.append(f"guard fired: {record['reason']}; training on the safe mixture (the prior's) instead")
+    elif fired:
         why = "the proxies mis-ranked them" if record.get("proxies_agree") is False else "the proposal lost"
         if law_warnings:
             why += f" (and {len(law_warnings)} law diagnostic(s) were raised)"

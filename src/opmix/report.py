@@ -11,8 +11,9 @@ from opmix.run.atomic import atomic_dir, write_json
 from opmix.stages import load_weights
 
 STAGE_GROUPS = {"prefix": "prefix", "probe_": "probes", "proxies": "proxy_eval", "propose": "fit_propose",
-                "guard_": "guard", "final": "final", "erm": "final", "natural": "final"}
-BASELINE_NAMES = {"erm": "ERM", "natural": "natural"}
+                "guard_": "guard", "final": "final", "erm": "final", "natural": "final",
+                "swarm_": "swarm_search", "mergemix_": "mergemix_search"}
+BASELINE_NAMES = {"erm": "ERM", "natural": "natural", "swarm": "Swarm", "mergemix": "MergeMix"}
 
 
 def export_model(ws, checkpoint: Path, directory: Path) -> None:
@@ -38,22 +39,28 @@ def export_model(ws, checkpoint: Path, directory: Path) -> None:
 
 def stage_flops(ledger: Mapping[str, float], include: set[str], as_final: set[str] = frozenset()) -> dict[str, float]:
     """Ledger entries grouped into SPEC section 6's stages, for the steps named in ``include``; steps in
-    ``as_final`` count as final training (a guard check run that the final training continued)."""
+    ``as_final`` count as final training (a guard check run that the final training continued). A baseline's search
+    group (``swarm_search``, ``mergemix_search``) appears only when one of its steps is included."""
     grouped = {"prefix": 0.0, "probes": 0.0, "proxy_eval": 0.0, "fit_propose": 0.0, "guard": 0.0, "final": 0.0}
     for step, flops in ledger.items():
         if step not in include:
             continue
         group = "final" if step in as_final else next(g for prefix, g in STAGE_GROUPS.items() if step.startswith(prefix))
-        grouped[group] += flops
+        grouped[group] = grouped.get(group, 0.0) + flops
     grouped["total"] = sum(grouped.values())
     return grouped
 
 
 def run_summary(ws, mixture, proposal, guard, final_step: str, baselines: Mapping[str, dict], started: float) -> dict:
     """``summary.json``. OP-Mix's compute is every step but the baselines' own; the guard's check run that the
-    final training continued counts as final training, the other one as the guard's cost."""
+    final training continued counts as final training, the other one as the guard's cost.
+
+    A baseline is ``{"mixture", "steps", "result_step"}`` and optionally ``"search_steps"``: its FLOPs are those of
+    ``steps``, the search steps grouped as such and the others (the prefix aside) as final training. Its own steps,
+    not OP-Mix's, are the one named like it and those named ``<name>_...``."""
     flops = ws.ledger.totals()
-    baseline_only = {name for name, b in baselines.items() if b["result_step"] == name}
+    baseline_only = {step for name, b in baselines.items() for step in b["steps"]
+                     if step == name or step.startswith(name + "_")}
     ours = {s for s in flops if s != "total" and s not in baseline_only}
     continued = {guard.record["continued_step"]} if guard.record.get("checked") else set()
     final_info = ws.run.step_info(final_step)
@@ -79,7 +86,7 @@ def run_summary(ws, mixture, proposal, guard, final_step: str, baselines: Mappin
             "mixture": b["mixture"],
             "eval_loss": info["eval_loss"],
             "mean_eval_loss": mean_loss(info["eval_loss"]),
-            "flops": stage_flops(flops, set(b["steps"]), set(b["steps"]) - {"prefix"}),
+            "flops": stage_flops(flops, set(b["steps"]), set(b["steps"]) - {"prefix", *b.get("search_steps", ())}),
             "elapsed_s": sum(seconds.get(step, {}).get("seconds", 0.0) for step in b["steps"] if step != "prefix"),
         }
     if summary["baselines"]:  # the first baseline, under the key earlier versions wrote
@@ -107,6 +114,9 @@ def format_summary(summary: dict) -> str:
     lines += [f"  {stage:<12} {value:10.3e}" for stage, value in summary["flops"].items()]
     for b in baselines:
         lines.append(f"  {BASELINE_NAMES.get(b['name'], b['name']) + ' total':<12} {b['flops']['total']:10.3e}")
+        for group in ("swarm_search", "mergemix_search"):
+            if group in b["flops"]:
+                lines.append(f"  {'  of which search':<12} {b['flops'][group]:10.3e}")
     for warning in summary["warnings"]:
         lines.append(f"warning: {warning}")
     lines.append(f"elapsed: {summary['elapsed_s']:.1f} s")

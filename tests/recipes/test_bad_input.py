@@ -54,6 +54,11 @@ def _case_unknown_baseline(raw, tmp):
     raw["baseline"] = "erm,swarmz"
 
 
+def _case_swarm_too_small(raw, tmp):
+    raw["baseline"] = "swarm"
+    raw["swarm"] = {"k": len(raw["domains"])}  # m proxy models for laws of m + 1 parameters
+
+
 def _case_guard_fraction_out_of_range(raw, tmp):
     raw["method"]["guard"] = {"check_fraction": 0.9}
 
@@ -69,6 +74,7 @@ CASES = {
     "bad JSONL line": (_case_bad_jsonl_line, r"bad\.jsonl.*line 2"),
     "unknown baseline": (_case_unknown_baseline, r"unknown baseline.*swarmz"),
     "guard check fraction out of range": (_case_guard_fraction_out_of_range, "check_fraction"),
+    "swarm K below m+1": (_case_swarm_too_small, r"swarm\.k=3.*fix: raise swarm\.k to at least 4"),
 }
 
 

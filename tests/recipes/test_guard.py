@@ -37,11 +37,12 @@ def prefix_run(tmp_path_factory, tiny_pretrain_base):
     return ws, schedule, prefix
 
 
-def _guard(prefix_run, tag, proposal, safe, predicted, margin=0.01):
+def _guard(prefix_run, tag, proposal, safe, predicted, margin=0.01, favours=False):
     ws, schedule, prefix = prefix_run
     return guard_proposal(ws, tag, prefix, proposal, safe, schedule, PREFIX, STEPS, ws.domain_names,
                           predicted=predicted, law_warnings=[],
-                          settings=GuardConfig(check_fraction=0.5, min_distance=0.05, margin=margin))
+                          settings=GuardConfig(check_fraction=0.5, min_distance=0.05, margin=margin),
+                          check_favours_proposal=favours)
 
 
 def test_guard_fires_where_the_simulator_misranks_and_keeps_a_right_proposal(prefix_run):
@@ -69,6 +70,14 @@ def test_guard_fires_where_the_simulator_misranks_and_keeps_a_right_proposal(pre
     assert right.warnings == []
     # the same real run (same start, same mixture, same data stream) gives the same loss under either name
     assert right.record["real"][PROPOSAL] == wrong.record["real"][SAFE]
+
+    # when a check this short is known to favour the proposal, not losing is not enough: it must win by the margin
+    win = -right.record["relative_gap"]
+    assert win > 0
+    strict = _guard(prefix_run, "b_", even, one_domain, None, margin=win * 1.01, favours=True)
+    assert strict.record["fired"] and strict.mixture == one_domain and "must win" in strict.record["reason"]
+    clear = _guard(prefix_run, "b_", even, one_domain, None, margin=win * 0.99, favours=True)
+    assert not clear.record["fired"] and clear.mixture == even
 
 
 def test_guard_skips_a_proposal_close_to_the_safe_mixture(prefix_run):

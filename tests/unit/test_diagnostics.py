@@ -1,10 +1,14 @@
-import numpy as np
-
 import json
 
+import numpy as np
 import pytest
 
-from opmix.diagnostics import law_measures, law_warnings, proxy_count_warnings, segment_warnings
+from opmix.diagnostics import (
+    law_measures,
+    law_warnings,
+    proxy_count_warnings,
+    segment_warnings,
+)
 from opmix.law import LogLinearLaw, fit_laws
 
 COMPONENTS = ["old", "code", "math"]

@@ -40,7 +40,16 @@ class PretrainMethodConfig(Section):
     guard: GuardConfig = GuardConfig()
 
 
-BASELINES = ("erm", "natural")
+BASELINES = ("erm", "natural", "swarm", "mergemix")
+
+
+class SwarmConfig(Section):
+    """The swarm baseline (SPEC section 4, Olmix / RegMix style): K proxy models trained from scratch on Dirichlet
+    mixtures centred on the prior's domain mixture, each for ``fraction`` of the budget."""
+
+    k: int | None = Field(None, ge=1)  # proxy models; None = 3(m+1); at least m+1, the parameters of each law
+    fraction: float = Field(0.2, gt=0, le=1)  # each proxy model trains for this fraction of train.steps
+    concentration: float = Field(1.0, gt=0)  # Dirichlet(m * concentration * prior): larger = closer to the prior
 
 
 class PretrainConfig(Section):
@@ -53,6 +62,7 @@ class PretrainConfig(Section):
     method: PretrainMethodConfig = PretrainMethodConfig()
     # baselines trained under the same budget: "none", one name, or several ("erm,natural" or a list)
     baseline: str | list[str] = "none"
+    swarm: SwarmConfig = SwarmConfig()  # settings of the swarm baseline (--baseline swarm)
 
     @model_validator(mode="after")
     def _consistent(self) -> PretrainConfig:
@@ -77,6 +87,21 @@ class PretrainConfig(Section):
             raise ValueError(
                 "the prefix must end before the learning-rate decay starts; "
                 "fix: lower method.prefix_fraction or train.decay_fraction"
+            )
+        m = len(self.domains)
+        if self.swarm.k is not None and self.swarm.k < m + 1:
+            raise ValueError(
+                f"swarm.k={self.swarm.k} proxy models cannot determine the swarm's laws: each law over the {m} domains "
+                f"has {m + 1} parameters; fix: raise swarm.k to at least {m + 1} (default 3(m+1) = {3 * (m + 1)})"
+            )
+        if self.swarm_steps < 1:
+            raise ValueError(f"swarm.fraction gives 0 steps of {self.train.steps} per swarm model; fix: raise it or "
+                             "train.steps")
+        if "mergemix" in self.baselines and prefix_steps + self.probe_steps > self.train.steps:
+            raise ValueError(
+                f"the prefix ({prefix_steps} steps) and a probe ({self.probe_steps} steps) together exceed train.steps="
+                f"{self.train.steps}, so the mergemix baseline's models would train past the budget; fix: lower "
+                "method.probe_fraction or method.prefix_fraction"
             )
         law_params = len(self.domains) + 2  # c and one exponent per component: m + 2 for the m + 1 components
         if self.method.n_proxies <= law_params:
@@ -107,6 +132,15 @@ class PretrainConfig(Section):
     @property
     def baselines(self) -> list[str]:
         return [] if self.baseline == "none" else self.baseline.split(",")
+
+    @property
+    def swarm_k(self) -> int:
+        """The swarm's number of proxy models: swarm.k, or 3(m+1) by default."""
+        return self.swarm.k if self.swarm.k is not None else 3 * (len(self.domains) + 1)
+
+    @property
+    def swarm_steps(self) -> int:
+        return round(self.swarm.fraction * self.train.steps)
 
     @property
     def prefix_steps(self) -> int:

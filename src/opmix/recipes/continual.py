@@ -92,7 +92,7 @@ def run(cfg: ContinualConfig, run_dir: RunDir) -> dict:
             ws, f"s{k}_", checkpoint, w, stage_mixture(r_safe, p, new, seen), schedule(k), (k - 1) * S, k * S, seen,
             predicted={PROPOSAL: predicted_mean(laws, [1 - x_new, x_new]),
                        SAFE: predicted_mean(laws, [1 - r_safe, r_safe])},
-            law_warnings=warnings, settings=method.guard,
+            law_warnings=warnings, settings=method.guard, check_favours_proposal=x_new > r_safe,
         )
         chosen_r = x_new if guard.record["chosen"] == PROPOSAL else r_safe
 

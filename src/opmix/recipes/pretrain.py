@@ -16,8 +16,16 @@ import numpy as np
 
 from opmix.config.pretrain import PretrainConfig
 from opmix.domains import OLD, expand, mix, normalize, uniform
-from opmix.guard import PROPOSAL, SAFE, guard_proposal, laws_from_rows, predicted_mean, total_variation
+from opmix.guard import (
+    PROPOSAL,
+    SAFE,
+    guard_proposal,
+    laws_from_rows,
+    predicted_mean,
+    total_variation,
+)
 from opmix.propose import repetition_caps
+from opmix.recipes.pretrain_baselines import mergemix_baseline, swarm_baseline
 from opmix.report import export_model, run_summary
 from opmix.run.rundir import RunDir
 from opmix.search import propose_mixture
@@ -80,8 +88,14 @@ def run(cfg: PretrainConfig, run_dir: RunDir) -> dict:
     final = train_full(ws, "final", guard.mixture, schedule, end_step=S, start_from=guard.start_from)
     export_model(ws, final, ws.run.path("final", "model"))
 
-    # Baselines under the same budget, each continuing the same prefix: ERM keeps p, natural weighs by size.
-    baselines = {name: baseline_run(ws, name, p if name == "erm" else natural(ws), prefix, schedule, S, guard, safe)
+    # Baselines under the same budget. ERM keeps p, natural weighs by size: each continues the same prefix. Swarm
+    # and MergeMix search for a mixture themselves (recipes/pretrain_baselines.py), their search counted as theirs.
+    searched = {
+        "swarm": lambda: swarm_baseline(ws, cfg, safe, schedule),
+        "mergemix": lambda: mergemix_baseline(ws, cfg, prefix, probe_data, X, components, q, M, p, schedule, caps),
+    }
+    baselines = {name: searched[name]() if name in searched else
+                 baseline_run(ws, name, p if name == "erm" else natural(ws), prefix, schedule, S, guard, safe)
                  for name in cfg.baselines}
     return run_summary(ws, guard.mixture, proposal, guard, final_step="final", baselines=baselines,
                        started=started)

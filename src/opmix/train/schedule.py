@@ -39,3 +39,21 @@ class WSDSchedule:
             return 1.0
         progress = (step - decay_start + 1) / self.decay_steps  # reaches 1 at the last step
         return 1.0 - (1.0 - self.final_ratio) * min(progress, 1.0)
+
+
+@dataclass(frozen=True)
+class CoolDown:
+    """The run's schedule up to ``branch_step``, then a linear decay from the rate there to ``final_ratio`` of it
+    over ``steps``: a short run's own cool-down before it is evaluated. At the flat rate a short run's loss
+    favours whatever it saw last (docs/FIDELITY.md); cooled down, it reflects what the run has learned."""
+
+    base: object  # the run's schedule: global step -> multiplier of the peak rate
+    branch_step: int
+    steps: int
+    final_ratio: float
+
+    def __call__(self, step: int) -> float:
+        if step < self.branch_step:
+            return self.base(step)
+        progress = min((step - self.branch_step + 1) / self.steps, 1.0)
+        return self.base(self.branch_step) * (1.0 - (1.0 - self.final_ratio) * progress)

@@ -1,6 +1,5 @@
 """Tests for the token cache and the built-in tokenizer it is used with."""
 
-import json
 import os
 
 import numpy as np
@@ -10,16 +9,6 @@ from opmix.data import cache as cache_module
 from opmix.data.cache import prepare_domain
 from opmix.data.tokenizer import load_tokenizer
 from opmix.errors import OpmixError
-
-
-@pytest.fixture(scope="module")
-def tok():
-    return load_tokenizer("builtin:bytes")
-
-
-def write_docs(path, docs):
-    path.write_text("".join(json.dumps({"text": d}) + "\n" for d in docs))
-    return path
 
 
 def counting_encoder(monkeypatch):
@@ -64,7 +53,7 @@ def test_load_tokenizer_errors(tmp_path):
 
 # --- cache -------------------------------------------------------------------------------------------------------
 
-def test_shapes_dtype_and_content(tok, tmp_path):
+def test_shapes_dtype_and_content(tok, tmp_path, write_docs):
     docs = [f"document number {i} " * 3 for i in range(40)]
     path = write_docs(tmp_path / "d.jsonl", docs)
     dom = prepare_domain("web", [path], tok, seq_len=16, cache_dir=tmp_path / "c", eval_fraction=0.2, seed=1)
@@ -82,7 +71,7 @@ def test_shapes_dtype_and_content(tok, tmp_path):
     assert 0.2 * total <= total - len(np.load(dom.path / "train.npy")) < 0.2 * total + 40
 
 
-def test_split_is_deterministic_and_seed_dependent(tok, tmp_path):
+def test_split_is_deterministic_and_seed_dependent(tok, tmp_path, write_docs):
     path = write_docs(tmp_path / "d.jsonl", [f"doc {i} " * 5 for i in range(50)])
     a = prepare_domain("x", [path], tok, 8, tmp_path / "c1", seed=3)
     b = prepare_domain("x", [path], tok, 8, tmp_path / "c2", seed=3)
@@ -91,7 +80,7 @@ def test_split_is_deterministic_and_seed_dependent(tok, tmp_path):
     assert not np.array_equal(a.train[: len(c.train)], c.train[: len(a.train)])
 
 
-def test_cache_reused_without_encoding_and_changes_retokenize(tok, tmp_path, monkeypatch):
+def test_cache_reused_without_encoding_and_changes_retokenize(tok, tmp_path, monkeypatch, write_docs):
     calls = counting_encoder(monkeypatch)
     path = write_docs(tmp_path / "d.jsonl", [f"doc {i} " * 5 for i in range(50)])
     first = prepare_domain("x", [path], tok, 8, tmp_path / "c")
@@ -110,7 +99,7 @@ def test_cache_reused_without_encoding_and_changes_retokenize(tok, tmp_path, mon
     assert len(calls) > n and "changed" in tok.decode(third.train[0].tolist())
 
 
-def test_eval_files_and_interrupted_entry_is_not_reused(tok, tmp_path, monkeypatch):
+def test_eval_files_and_interrupted_entry_is_not_reused(tok, tmp_path, monkeypatch, write_docs):
     train = write_docs(tmp_path / "train.jsonl", ["train text " * 4] * 5)
     evals = write_docs(tmp_path / "eval.jsonl", ["held out " * 4] * 3)
     dom = prepare_domain("x", [train], tok, 8, tmp_path / "c", eval_files=[evals])
@@ -156,7 +145,7 @@ def test_empty_domain(tok, tmp_path):
         prepare_domain("empty", [tmp_path / "none.npy"], tok, 4, tmp_path / "c")
 
 
-def test_too_small_domain_and_eval_split(tok, tmp_path):
+def test_too_small_domain_and_eval_split(tok, tmp_path, write_docs):
     path = write_docs(tmp_path / "d.jsonl", ["short", "tiny"])
     with pytest.raises(OpmixError, match=r"'small' has \d+ train tokens.*seq_len=64.*smaller seq_len"):
         prepare_domain("small", [path], tok, 64, tmp_path / "c")
@@ -169,7 +158,7 @@ def test_too_small_domain_and_eval_split(tok, tmp_path):
         prepare_domain("small", [one_doc], tok, 16, tmp_path / "c")
 
 
-def test_documents_too_few_or_too_big_split_the_stream_at_the_fraction(tok, tmp_path):
+def test_documents_too_few_or_too_big_split_the_stream_at_the_fraction(tok, tmp_path, write_docs):
     one_doc = write_docs(tmp_path / "one.jsonl", ["one long document, " * 400])  # a single 7,600-byte file
     d = prepare_domain("one", [one_doc], tok, 32, tmp_path / "c", eval_fraction=0.1)
     total = d.train_tokens + d.eval_tokens
@@ -179,7 +168,7 @@ def test_documents_too_few_or_too_big_split_the_stream_at_the_fraction(tok, tmp_
     assert d.eval_tokens / (d.train_tokens + d.eval_tokens) < 0.1  # never most of the domain
 
 
-def test_batch_encode_is_fast(tok, tmp_path):
+def test_batch_encode_is_fast(tok, tmp_path, write_docs):
     docs = [("def f(x):\n    return x * 2  # ünïcode\n" * 40) for _ in range(1000)]  # ~1.6 MB
     path = write_docs(tmp_path / "big.jsonl", docs)
     import time
@@ -190,7 +179,7 @@ def test_batch_encode_is_fast(tok, tmp_path):
     assert dom.train_tokens + dom.eval_tokens > 1_500_000
 
 
-def test_damaged_entry_is_rebuilt_not_trusted(tmp_path, tok, monkeypatch):
+def test_damaged_entry_is_rebuilt_not_trusted(tmp_path, tok, monkeypatch, write_docs):
     src = write_docs(tmp_path / "d.jsonl", [f"document {i} " * 20 for i in range(30)])
     first = prepare_domain("d", [src], tok, 16, tmp_path / "cache", eval_fraction=0.1)
     train = first.path / "train.npy"
@@ -201,7 +190,7 @@ def test_damaged_entry_is_rebuilt_not_trusted(tmp_path, tok, monkeypatch):
     assert calls and np.array_equal(np.array(again.train), expected)
 
 
-def test_killed_tokenization_leaves_no_entry_that_looks_done(tmp_path, tok, monkeypatch):
+def test_killed_tokenization_leaves_no_entry_that_looks_done(tmp_path, tok, monkeypatch, write_docs):
     src = write_docs(tmp_path / "d.jsonl", [f"document {i} " * 20 for i in range(30)])
 
     def killed(*args, **kwargs):

@@ -5,22 +5,10 @@ import json
 import re
 
 import numpy as np
-import pytest
 
 from opmix.data.cache import MIN_PIECE_TOKENS, prepare_domain, spread_indices
-from opmix.data.tokenizer import load_tokenizer
 
 EOS = 256
-
-
-@pytest.fixture(scope="module")
-def tok():
-    return load_tokenizer("builtin:bytes")
-
-
-def write_docs(path, docs):
-    path.write_text("".join(json.dumps({"text": d}) + "\n" for d in docs))
-    return path
 
 
 def numbered_text(lines: int) -> str:
@@ -43,7 +31,7 @@ def test_spread_indices():
             assert np.all(np.diff(idx) >= 1)
 
 
-def test_capped_eval_set_spreads_over_the_whole_eval_split(tok, tmp_path):
+def test_capped_eval_set_spreads_over_the_whole_eval_split(tok, tmp_path, write_docs):
     docs = [f"d{i:03d} " * (20 + i % 7) for i in range(400)]  # every word names its document
     path = write_docs(tmp_path / "d.jsonl", docs)
     full = prepare_domain("web", [path], tok, 16, tmp_path / "c", eval_fraction=0.2)
@@ -89,7 +77,7 @@ def test_single_document_eval_comes_from_several_places_and_train_plus_eval_is_e
     assert len(dom.warnings) == 1 and "single document" in dom.warnings[0] and "'book'" in dom.warnings[0]
 
 
-def test_one_document_eval_split_warns_and_many_documents_do_not(tok, tmp_path):
+def test_one_document_eval_split_warns_and_many_documents_do_not(tok, tmp_path, write_docs):
     train = write_docs(tmp_path / "train.jsonl", [f"train text {i} " * 8 for i in range(20)])
     one = write_docs(tmp_path / "one.jsonl", ["held out text " * 20])
     many = write_docs(tmp_path / "many.jsonl", [f"held out {i} " * 10 for i in range(6)])
@@ -150,7 +138,7 @@ def test_same_inputs_same_eval_set(tok, tmp_path):
     assert np.array_equal(a.train, b.train)
 
 
-def test_workspace_collects_eval_warnings_as_notes(tmp_path, caplog):
+def test_workspace_collects_eval_warnings_as_notes(tmp_path, caplog, write_docs):
     from opmix.config.base import DataConfig, DomainConfig, ModelConfig, TrainConfig
     from opmix.run.rundir import RunDir
     from opmix.workspace import open_workspace

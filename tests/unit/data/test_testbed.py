@@ -9,7 +9,12 @@ import pytest
 
 from opmix.data import demo, testbed
 from opmix.data.readers import read_documents
-from opmix.data.testbed import CONTINUAL_CASES, DOMAIN_SETS, build_continual_case, build_domain_set
+from opmix.data.testbed import (
+    CONTINUAL_CASES,
+    DOMAIN_SETS,
+    build_continual_case,
+    build_domain_set,
+)
 
 pytestmark = pytest.mark.slow  # builds four sets twice: ~30-60 s on 2 busy cores
 

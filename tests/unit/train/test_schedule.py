@@ -25,3 +25,14 @@ def test_wsd_from_fractions_and_prefix_in_flat_phase():
 def test_wsd_rejects_overlapping_phases():
     with pytest.raises(ValueError):
         WSDSchedule(total_steps=10, warmup_steps=6, decay_steps=6)
+
+
+def test_cool_down_follows_the_run_then_decays_linearly_from_the_branch_rate():
+    from opmix.train.schedule import CoolDown, WSDSchedule
+
+    base = WSDSchedule(100, 10, 20, 0.1)
+    cool = CoolDown(base, branch_step=5, steps=4, final_ratio=0.1)  # branching inside the warmup
+    assert [cool(s) for s in range(5)] == [base(s) for s in range(5)]
+    at_branch = base(5)
+    assert [cool(s) for s in range(5, 10)] == pytest.approx(
+        [at_branch * (1 - 0.9 * k / 4) for k in (1, 2, 3, 4)] + [0.1 * at_branch])

@@ -1,0 +1,140 @@
+"""The pretraining baselines that search for a mixture themselves (SPEC section 4), under the run's budget S.
+
+    swarm:    K proxy models trained from scratch, each for swarm.fraction of S on its own WSD schedule, on
+              Dirichlet mixtures centred on the prior's domain mixture; one law per eval domain on their eval
+              losses, the same KL proposer (components = the domains); final model from scratch for S steps.
+              Steps swarm_<i>, swarm_propose, swarm_final: all of them the baseline's compute.
+    mergemix: one full model per component (`old` on p, each domain on 0.9*D_i + 0.1*p), each continuing the
+              prefix for the probe length; proxies theta(x) = sum_c x_c theta_c (exact weight averages) at
+              OP-Mix's proxy points; the same laws, prior and proposer; final training continues the prefix.
+              Steps mergemix_<component>, mergemix_proxies, mergemix_propose, mergemix_final (plus the prefix).
+
+Each returns ``{"mixture", "steps", "result_step", "search_steps"}`` for ``opmix.report.run_summary``: the FLOPs
+of ``steps`` are the baseline's, those in ``search_steps`` reported as its search, the rest as final training.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from opmix.config.pretrain import PretrainConfig
+from opmix.domains import expand
+from opmix.eval import evaluate
+from opmix.propose import repetition_caps
+from opmix.run.atomic import write_csv
+from opmix.run.faults import fault_point
+from opmix.run.ledger import eval_flops
+from opmix.search import propose_mixture
+from opmix.stages import _matches, _read_rows, load_weights, train_full
+from opmix.train.schedule import WSDSchedule
+
+
+def swarm_mixtures(prior: Mapping[str, float], k: int, concentration: float, seed: int) -> np.ndarray:
+    """K Dirichlet samples (k, m) centred on ``prior``: Dirichlet(m * concentration * prior), whose mean is the
+    prior (concentration 1 with a uniform prior is Dirichlet(1), the uniform law on the simplex)."""
+    weights = np.array(list(prior.values()), dtype=float)
+    alpha = len(weights) * concentration * np.maximum(weights / weights.sum(), 1e-6)  # Dirichlet needs alpha > 0
+    return np.random.default_rng(seed).dirichlet(alpha, size=k)
+
+
+def swarm_baseline(ws, cfg: PretrainConfig, safe: Mapping[str, float], schedule: WSDSchedule) -> dict:
+    """The swarm baseline (Olmix / RegMix style); ``safe`` is the prior's domain mixture."""
+    domains, S, method = ws.domain_names, cfg.train.steps, cfg.method
+    prior = {d: safe[d] for d in domains}
+    X = swarm_mixtures(prior, cfg.swarm_k, cfg.swarm.concentration, cfg.seed)  # (K, m)
+    short = WSDSchedule.from_fractions(cfg.swarm_steps, cfg.train.warmup_fraction, cfg.train.decay_fraction,
+                                       cfg.train.final_lr_ratio)  # each proxy model ends decayed
+    steps = [f"swarm_{i}" for i in range(len(X))]
+    for i, (step, x) in enumerate(zip(steps, X)):
+        train_full(ws, step, dict(zip(domains, x.tolist())), short, end_step=cfg.swarm_steps, start_from=None,
+                   sampler_offset=100 + i)
+    Y = np.array([[ws.run.step_info(step)["eval_loss"][d] for d in domains] for step in steps])  # (K, m)
+    caps = None
+    if method.proposer.repetition_factor is not None:  # the final model consumes all S steps' tokens
+        sizes = np.array([ws.domains[d].train_tokens for d in domains], dtype=float)
+        consumed = S * cfg.train.batch_size * cfg.data.seq_len * ws.accelerator.num_processes
+        caps = repetition_caps(sizes, consumed, method.proposer.repetition_factor)
+    proposal = propose_mixture(
+        ws.run, "swarm_propose", X, Y, domains, domains, own_components=list(range(len(domains))),
+        prior=np.array(list(prior.values())), expansion=np.eye(len(domains)), kl_weight=method.proposer.kl_weight,
+        caps=caps, law_settings=method.law.model_dump(), solver=method.proposer.solver, seed=cfg.seed,
+        ledger=ws.ledger,
+    )
+    mixture = dict(proposal.components)
+    train_full(ws, "swarm_final", mixture, schedule, end_step=S, start_from=None)
+    search = [*steps, "swarm_propose"]
+    return {"mixture": mixture, "steps": [*search, "swarm_final"], "result_step": "swarm_final",
+            "search_steps": search}
+
+
+def mergemix_baseline(ws, cfg: PretrainConfig, prefix: Path, probe_data: Mapping[str, Mapping[str, float]],
+                      X: np.ndarray, components: Sequence[str], q: np.ndarray, M: np.ndarray,
+                      p: Mapping[str, float], schedule: WSDSchedule, caps: np.ndarray | None = None) -> dict:
+    """The MergeMix baseline: full models per component, weight-averaged into proxies at OP-Mix's points X."""
+    domains, method = ws.domain_names, cfg.method
+    models = [f"mergemix_{c}" for c in components]
+    # The run's schedule from the prefix step, continuing the prefix's optimizer and sampler: as the final training.
+    checkpoints = [train_full(ws, step, probe_data[c], schedule, end_step=cfg.prefix_steps + cfg.probe_steps,
+                              start_from=prefix) for step, c in zip(models, components)]
+    Y = _evaluate_averages(ws, "mergemix_proxies", checkpoints, components, X, ws.run.path("mergemix", "proxies.csv"))
+    proposal = propose_mixture(
+        ws.run, "mergemix_propose", X, Y, components, domains,
+        own_components=[list(components).index(d) for d in domains], prior=q, expansion=M,
+        kl_weight=method.proposer.kl_weight, caps=caps, law_settings=method.law.model_dump(),
+        solver=method.proposer.solver, seed=cfg.seed, ledger=ws.ledger,
+    )
+    mixture = expand(proposal.components, domains, p)
+    train_full(ws, "mergemix_final", mixture, schedule, end_step=cfg.train.steps, start_from=prefix)
+    search = [*models, "mergemix_proxies", "mergemix_propose"]
+    return {"mixture": mixture, "steps": ["prefix", *search, "mergemix_final"], "result_step": "mergemix_final",
+            "search_steps": search}
+
+
+def average_state_dicts(state_dicts: Sequence[Mapping[str, torch.Tensor]], weights: Sequence[float]) -> dict:
+    """``sum_c weights[c] * state_dicts[c]``, in float32, key by key; non-float entries come from the first."""
+    averaged = {}
+    for key, first in state_dicts[0].items():
+        if not torch.is_floating_point(first):
+            averaged[key] = first.clone()
+            continue
+        total = torch.zeros_like(first, dtype=torch.float32)
+        for weight, state in zip(weights, state_dicts):
+            total.add_(state[key].to(torch.float32), alpha=float(weight))
+        averaged[key] = total
+    return averaged
+
+
+def _evaluate_averages(ws, step: str, checkpoints: Sequence[Path], components: Sequence[str], X: np.ndarray,
+                       table: Path) -> np.ndarray:
+    """Eval losses (P, m) of the weight averages ``sum_c X[p, c] theta_c``; rows are appended to ``table`` as they
+    finish, so an interrupted evaluation resumes at the next proxy."""
+    domains = ws.domain_names
+    rows = _read_rows(table) if table.is_file() else []
+    if not (ws.run.is_done(step) and len(rows) == len(X)):
+        kept = 0
+        while kept < len(rows) and _matches(rows[kept], X, components, kept):
+            kept += 1
+        rows = rows[:kept]
+        started = time.perf_counter()
+        states = [{k: v.detach().to("cpu", torch.float32) for k, v in load_weights(ws, c).state_dict().items()}
+                  for c in checkpoints]
+        model = ws.new_model()
+        eval_sets = ws.eval_sets()
+        for index in range(len(rows), len(X)):
+            model.load_state_dict(average_state_dicts(states, X[index].tolist()))
+            losses = evaluate(model, eval_sets, ws.train.eval_batch_size)
+            rows.append({"proxy": index, **{f"w_{c}": float(v) for c, v in zip(components, X[index])},
+                         **{f"loss_{d}": losses[d] for d in domains}})
+            write_csv(table, rows, list(rows[0]))
+            fault_point("proxy")
+        previous = ws.run.step_info(step) or {}
+        seconds = previous.get("seconds", 0.0) + time.perf_counter() - started
+        eval_tokens = sum(sequences.size for sequences in eval_sets.values()) * len(X)
+        ws.ledger.set(step, eval_flops(ws.n_params, eval_tokens), seconds, eval_tokens)
+        ws.run.mark_done(step, [table], info={"seconds": seconds})
+    return np.array([[float(r[f"loss_{d}"]) for d in domains] for r in rows])
