@@ -96,7 +96,8 @@ def run_summary(ws, mixture, proposal, guard, final_step: str, baselines: Mappin
 
 
 def format_summary(summary: dict) -> str:
-    lines = ["proposed mixture:" if not summary.get("guard", {}).get("fired") else "mixture (the guard's fallback):"]
+    kept_safe = summary.get("guard", {}).get("chosen") == "safe"
+    lines = ["mixture (the guard kept the safe mixture; see below):" if kept_safe else "proposed mixture:"]
     lines += [f"  {d:<12} {w:6.3f}" for d, w in summary["mixture"].items()]
     baselines = list(summary.get("baselines", {}).values())
     header = f"  {'domain':<12} {'OP-Mix':>8}" + "".join(

@@ -80,12 +80,13 @@ def test_guard_fires_where_the_simulator_misranks_and_keeps_a_right_proposal(pre
     assert not clear.record["fired"] and clear.mixture == even
 
 
-def test_guard_skips_a_proposal_close_to_the_safe_mixture(prefix_run):
+def test_guard_keeps_the_safe_mixture_when_the_proposal_is_too_close_to_matter(prefix_run):
     ws = prefix_run[0]
     even = uniform(ws.domain_names)
     near = {d: w + (0.01 if i == 0 else -0.005) for i, (d, w) in enumerate(even.items())}
     outcome = _guard(prefix_run, "c_", near, even, None)
-    assert not outcome.record["checked"] and outcome.mixture == near and outcome.start_from == prefix_run[2]
+    assert not outcome.record["checked"] and outcome.start_from == prefix_run[2]
+    assert outcome.mixture == even and outcome.record["chosen"] == SAFE  # too close to matter: the safe one
     assert not ws.run.path("c_guard_proposal").exists()
 
 

@@ -106,6 +106,8 @@ def baseline_run(ws, name: str, weights: dict, prefix, schedule, end_step: int, 
     the first steps of that same run (its safe mixture is this baseline's), the baseline continues the guard's
     run, and when the guard chose it, the final training *is* this baseline: nothing is trained twice."""
     start, steps = prefix, ["prefix"]
+    if not guard.record.get("checked") and total_variation(guard.mixture, weights) < 1e-9:
+        return {"mixture": weights, "steps": ["prefix", "final"], "result_step": "final"}  # the same run
     if guard.record.get("checked") and total_variation(safe, weights) < 1e-9:
         if guard.record["chosen"] == SAFE:
             return {"mixture": weights, "steps": ["prefix", "guard_safe", "final"], "result_step": "final"}
