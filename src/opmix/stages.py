@@ -9,7 +9,8 @@ from __future__ import annotations
 import csv
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -116,10 +117,31 @@ def evaluate_proxies(
 
     Rows are appended to ``table`` (default ``proxies.csv``; a run with several searches gives each its own) as they
     finish, so an interrupted evaluation resumes at the next proxy."""
-    from opmix.probes.lora import load_probe
-    from opmix.probes.proxy import ProxyModel
+
+    @contextmanager
+    def proxies():
+        from opmix.probes.lora import load_probe
+        from opmix.probes.proxy import ProxyModel
+
+        model = load_weights(ws, base)
+        proxy = ProxyModel(model, [load_probe(a, device=ws.accelerator.device) for a in adapters])
+        with proxy:
+            def at(x: np.ndarray):
+                proxy.set_weights(x.tolist())
+                return model
+            yield at
 
     table = table if table is not None else ws.run.path("proxies.csv")
+    return evaluate_mixtures(ws, step, table, X, components, eval_domains, proxies)
+
+
+def evaluate_mixtures(
+    ws: Workspace, step: str, table: Path, X: np.ndarray, components: Sequence[str],
+    eval_domains: Sequence[str] | None, models: Callable[[], AbstractContextManager],
+) -> np.ndarray:
+    """Eval losses (P, n_domains) of one model per row of ``X``: ``models()`` opens (only when rows remain to be
+    evaluated) a function from a row to its model. Rows are appended to ``table`` as they finish, so an interrupted
+    evaluation resumes at the next row; the step's evaluation FLOPs go to the ledger."""
     domains = list(eval_domains) if eval_domains is not None else ws.domain_names
     eval_sets = {d: ws.domains[d].eval for d in domains}
     rows = _read_rows(table) if table.is_file() else []
@@ -128,15 +150,12 @@ def evaluate_proxies(
     kept = 0
     while kept < len(rows) and _matches(rows[kept], X, components, kept):
         kept += 1
-    rows = rows[:kept]  # the rows of these proxies, in order: evaluation resumes after the last of them
-    model = load_weights(ws, base)
-    proxy = ProxyModel(model, [load_probe(a, device=ws.accelerator.device) for a in adapters])
+    rows = rows[:kept]  # the rows of these mixtures, in order: evaluation resumes after the last of them
     eval_tokens = sum(sequences.size for sequences in eval_sets.values())
     started = time.perf_counter()
-    with proxy:
+    with models() as model_at:
         for index in range(len(rows), len(X)):
-            proxy.set_weights(X[index].tolist())
-            losses = evaluate(model, eval_sets, ws.train.eval_batch_size)
+            losses = evaluate(model_at(X[index]), eval_sets, ws.train.eval_batch_size)
             rows.append({"proxy": index, **{f"w_{c}": float(v) for c, v in zip(components, X[index])},
                          **{f"loss_{d}": losses[d] for d in domains}})
             write_csv(table, rows, list(rows[0]))

@@ -15,8 +15,8 @@ of ``steps`` are the baseline's, those in ``search_steps`` reported as its searc
 
 from __future__ import annotations
 
-import time
 from collections.abc import Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -24,13 +24,9 @@ import torch
 
 from opmix.config.pretrain import PretrainConfig
 from opmix.domains import expand
-from opmix.eval import evaluate
 from opmix.propose import repetition_caps
-from opmix.run.atomic import write_csv
-from opmix.run.faults import fault_point
-from opmix.run.ledger import eval_flops
 from opmix.search import propose_mixture
-from opmix.stages import _matches, _read_rows, load_weights, train_full
+from opmix.stages import evaluate_mixtures, load_weights, train_full
 from opmix.train.schedule import WSDSchedule
 
 
@@ -113,28 +109,17 @@ def _evaluate_averages(ws, step: str, checkpoints: Sequence[Path], components: S
                        table: Path) -> np.ndarray:
     """Eval losses (P, m) of the weight averages ``sum_c X[p, c] theta_c``; rows are appended to ``table`` as they
     finish, so an interrupted evaluation resumes at the next proxy."""
-    domains = ws.domain_names
-    rows = _read_rows(table) if table.is_file() else []
-    if not (ws.run.is_done(step) and len(rows) == len(X)):
-        kept = 0
-        while kept < len(rows) and _matches(rows[kept], X, components, kept):
-            kept += 1
-        rows = rows[:kept]
-        started = time.perf_counter()
+
+    @contextmanager
+    def averages():
         states = [{k: v.detach().to("cpu", torch.float32) for k, v in load_weights(ws, c).state_dict().items()}
                   for c in checkpoints]
         model = ws.new_model()
-        eval_sets = ws.eval_sets()
-        for index in range(len(rows), len(X)):
-            model.load_state_dict(average_state_dicts(states, X[index].tolist()))
-            losses = evaluate(model, eval_sets, ws.train.eval_batch_size)
-            rows.append({"proxy": index, **{f"w_{c}": float(v) for c, v in zip(components, X[index])},
-                         **{f"loss_{d}": losses[d] for d in domains}})
-            write_csv(table, rows, list(rows[0]))
-            fault_point("proxy")
-        previous = ws.run.step_info(step) or {}
-        seconds = previous.get("seconds", 0.0) + time.perf_counter() - started
-        eval_tokens = sum(sequences.size for sequences in eval_sets.values()) * len(X)
-        ws.ledger.set(step, eval_flops(ws.n_params, eval_tokens), seconds, eval_tokens)
-        ws.run.mark_done(step, [table], info={"seconds": seconds})
-    return np.array([[float(r[f"loss_{d}"]) for d in domains] for r in rows])
+
+        def at(x: np.ndarray):
+            model.load_state_dict(average_state_dicts(states, x.tolist()))
+            return model
+        yield at
+
+    return evaluate_mixtures(ws, step, table, X, components, None, averages)
+
