@@ -7,7 +7,7 @@ import struct
 
 import pytest
 
-from opmix.data import demo, testbed
+from opmix.data import demo, os_text, testbed
 from opmix.data.readers import read_documents
 from opmix.data.testbed import (
     CONTINUAL_CASES,
@@ -155,7 +155,7 @@ def test_roff_becomes_plain_text():
         ".IP \\(bu 2",
         "Punkt \\[u00E9]",
     ])
-    text = testbed._roff_to_text(page)
+    text = os_text.roff_to_text(page)
     assert "BESCHREIBUNG" in text and "über" in text and "außer -a" in text and "alle" in text
     assert "ls(1)" in text and "•\nPunkt é" in text
     assert "comment" not in text and "ignored" not in text and "\\f" not in text and "LS 1" not in text
@@ -177,7 +177,7 @@ def test_mo_catalog_messages(tmp_path):
         blob += msgstr + b"\x00"
     path = tmp_path / "x.mo"
     path.write_bytes(struct.pack("<7I", 0x950412DE, 0, n, originals, translations, 0, 0) + table_o + table_t + blob)
-    assert testbed.mo_messages(path) == ["Datei", "%s öffnen", "eins\nviele"]
+    assert os_text.mo_messages(path) == ["Datei", "%s öffnen", "eins\nviele"]
 
 
 def test_missing_os_language_text_falls_back_to_a_generated_stand_in(tmp_path, monkeypatch, caplog):
