@@ -23,7 +23,8 @@ from scipy.stats import pearsonr, spearmanr
 from opmix.domains import OLD, expand, normalize, uniform
 from opmix.errors import OpmixError
 from opmix.eval import mean_loss
-from opmix.guard import laws_from_rows, predicted_mean
+from opmix.guard import predicted_mean
+from opmix.law import laws_from_rows
 from opmix.run.atomic import write_json
 from opmix.stages import train_full
 

@@ -133,10 +133,3 @@ def guard_proposal(
                             "the proposal is kept")
     log.info("guard: %s", record["reason"])
     return GuardOutcome(dict(safe if fired else proposal), checkpoints[chosen], record, warnings)
-
-
-def laws_from_rows(rows: Sequence[Mapping]) -> list:
-    """Fitted laws back from their saved rows (``Proposal.laws``)."""
-    from opmix.law import LogLinearLaw
-
-    return [LogLinearLaw.from_dict(dict(row)) for row in rows]

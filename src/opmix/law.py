@@ -345,3 +345,8 @@ def fit_laws(
         LogLinearLaw(own_component=own, seed=seed + j, **law_kwargs).fit(X, Y[:, j])
         for j, own in enumerate(own_components)
     ]
+
+
+def laws_from_rows(rows: Sequence[dict]) -> list[LogLinearLaw]:
+    """Fitted laws back from their saved rows (``laws.json``, ``Proposal.laws``)."""
+    return [LogLinearLaw.from_dict(dict(row)) for row in rows]

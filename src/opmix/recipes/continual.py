@@ -32,7 +32,8 @@ from opmix.continual.segment import (
 from opmix.continual.training import StageSchedule
 from opmix.diagnostics import segment_warnings
 from opmix.domains import OLD
-from opmix.guard import PROPOSAL, SAFE, guard_proposal, laws_from_rows, predicted_mean
+from opmix.guard import PROPOSAL, SAFE, guard_proposal, predicted_mean
+from opmix.law import laws_from_rows
 from opmix.report import export_model
 from opmix.run.rundir import RunDir
 from opmix.search import propose_mixture

@@ -20,10 +20,10 @@ from opmix.guard import (
     PROPOSAL,
     SAFE,
     guard_proposal,
-    laws_from_rows,
     predicted_mean,
     total_variation,
 )
+from opmix.law import laws_from_rows
 from opmix.propose import repetition_caps
 from opmix.recipes.pretrain_baselines import mergemix_baseline, swarm_baseline
 from opmix.report import export_model, run_summary
