@@ -1,10 +1,11 @@
-"""``opmix <command>``: pretrain, demo, check, continual. Bad input exits with code 2 and one line naming the problem and
+"""``opmix <command>``: pretrain, demo, check, continual, status, report, export. Bad input exits with code 2 and one line naming the problem and
 the fix."""
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import shutil
 import sys
 import warnings
@@ -23,25 +24,73 @@ def main(argv: list[str] | None = None) -> int:
         args.overrides += extra  # `opmix continual demo --out DIR a.b=c`: overrides after the options
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
-    logging.basicConfig(level=logging.INFO if not args.quiet else logging.WARNING, format="%(message)s")
-    # deprecation notices that PEFT triggers inside transformers say nothing to an opmix user
-    warnings.filterwarnings("ignore", category=FutureWarning, module="transformers")
+    from opmix.progress import configure
+
+    configure(quiet=args.quiet, verbose=args.verbose)
+    _silence_libraries(args.verbose)
     try:
         return args.handler(args)
     except OpmixError as error:
         print(f"opmix: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("opmix: interrupted; re-run the same command to resume", file=sys.stderr)
+        again = getattr(args, "resume_command", None) or "the same command"
+        print(f"opmix: interrupted; run {again} to resume where it stopped", file=sys.stderr)
         return 130
 
 
+def _silence_libraries(verbose: bool) -> None:
+    """Weight-loading bars, deprecation notices and config chatter of transformers/PEFT say nothing to an opmix
+    user; ``--verbose`` keeps them."""
+    if verbose:
+        return
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+    try:
+        import transformers
+
+        transformers.utils.logging.set_verbosity_error()
+        transformers.utils.logging.disable_progress_bar()
+    except ImportError:
+        pass
+
+
+EXAMPLES = {
+    "pretrain": "example:\n  opmix pretrain --config examples/pretrain.yaml --out runs/mix1 --baseline erm,natural",
+    "demo": "example:\n  opmix demo                      # resumes the latest unfinished ./opmix-demo-* run\n"
+            "  opmix demo --out runs/demo train.steps=200",
+    "check": "example:\n  opmix check runs/mix1 --runs 4",
+    "continual": "examples:\n  opmix continual --config examples/continual.yaml --out runs/cont1\n"
+                 "  opmix continual demo --out runs/cont-demo",
+    "status": "example:\n  opmix status runs/mix1          # while the run works, from another shell",
+    "report": "example:\n  opmix report runs/mix1          # writes runs/mix1/report/index.html",
+    "export": "examples:\n  opmix export runs/mix1 --format hf --paths code=data/code.jsonl prose=data/prose.txt\n"
+              "  opmix export runs/mix1 --format megatron --paths code=/data/code_text_document "
+              "prose=/data/prose_text_document",
+    "fit": "examples:\n  opmix fit --ratios swarm/ratios.csv --metrics swarm/metrics.csv --out fits/swarm1\n"
+           "  opmix fit --ratios r.csv --metrics m.csv --tokens tokens.csv --budget 1e12 --higher-is-better acc "
+           "--predict new_mixes.csv --holdout 0.2 --out fits/swarm2",
+}
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="opmix", description=__doc__)
-    parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and the result")
+    common = argparse.ArgumentParser(add_help=False)  # -q/-v before or after the command
+    common.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS,
+                        help="only warnings and the result")
+    common.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                        help="everything, including the libraries' own messages")
+    parser = argparse.ArgumentParser(prog="opmix", description=__doc__, parents=[common],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.set_defaults(quiet=False, verbose=False)
     commands = parser.add_subparsers(dest="command", required=True)
 
-    pretrain = commands.add_parser("pretrain", help="OP-Mix for pretraining (SPEC section 3)")
+    def command(name: str, help: str) -> argparse.ArgumentParser:
+        return commands.add_parser(name, help=help, description=help, epilog=EXAMPLES[name], parents=[common],
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+
+    pretrain = command("pretrain", "OP-Mix for pretraining (docs/METHOD.md)")
     pretrain.add_argument("--config", "-c", type=Path, required=True, help="YAML config (see examples/)")
     pretrain.add_argument("--out", "-o", type=Path, required=True, help="run directory (re-run to resume)")
     pretrain.add_argument("--baseline", default=None, metavar="NAMES",
@@ -52,20 +101,20 @@ def _parser() -> argparse.ArgumentParser:
     pretrain.add_argument("overrides", nargs="*", help="config overrides, e.g. train.steps=2000")
     pretrain.set_defaults(handler=_pretrain)
 
-    demo = commands.add_parser("demo", help="the whole recipe + ERM on the embedded default (CPU, offline)")
-    demo.add_argument("--out", "-o", type=Path, default=None, help="run directory (default: ./opmix-demo-<time>)")
+    demo = command("demo", "the whole recipe + ERM on the embedded default (CPU, offline)")
+    demo.add_argument("--out", "-o", type=Path, default=None,
+                      help="run directory (default: resume the latest unfinished ./opmix-demo-<time>, else a new one)")
     demo.add_argument("overrides", nargs="*", help="config overrides, e.g. train.steps=200")
     demo.set_defaults(handler=_demo)
 
-    check = commands.add_parser("check", help="fidelity check: real short runs vs the simulator's predictions")
+    check = command("check", "fidelity check: real short runs vs the simulator's predictions")
     check.add_argument("run_dir", type=Path, help="an `opmix pretrain` run directory (after its proposal step)")
     check.add_argument("--runs", type=int, default=4, help="real runs, the proposed mixture included (default 4)")
     check.add_argument("--steps", type=int, default=None, help="steps per run (default: the probe length)")
     check.set_defaults(handler=_check)
 
-    continual = commands.add_parser(
-        "continual", help="OP-Mix for continual midtraining (SPEC section 3); `opmix continual demo` runs the demo",
-        usage="opmix continual (--config FILE --out DIR [--method M] | demo [--out DIR]) [overrides ...]")
+    continual = command("continual", "OP-Mix for continual midtraining; `opmix continual demo` runs the demo")
+    continual.usage = "opmix continual (--config FILE --out DIR [--method M] | demo [--out DIR]) [overrides ...]"
     continual.add_argument("--config", "-c", type=Path, default=None, help="YAML config (see examples/)")
     continual.add_argument("--out", "-o", type=Path, default=None, help="run directory (re-run to resume)")
     continual.add_argument("--method", default=None, choices=["opmix", "sequential", "replay", "fifty", "retrain",
@@ -74,6 +123,41 @@ def _parser() -> argparse.ArgumentParser:
                            help="allow running the model directory's own Python code (auto_map); review it first")
     continual.add_argument("overrides", nargs="*", help="`demo`, then config overrides, e.g. train.steps=200")
     continual.set_defaults(handler=_continual)
+
+    status = command("status", "each step of a run: done, running (with its progress) or pending")
+    status.add_argument("run_dir", type=Path, help="a run directory (it may be running in another process)")
+    status.set_defaults(handler=_status)
+
+    report = command("report", "write the run's HTML report and PNG figures (RUN_DIR/report/)")
+    report.add_argument("run_dir", type=Path, help="a run directory")
+    report.set_defaults(handler=_report)
+
+    export = command("export", "the run's mixture in the format of the trainer you use")
+    export.add_argument("run_dir", type=Path, help="a finished run directory")
+    export.add_argument("--format", "-f", required=True, help="json, olmix, hf, megatron or olmo-core")
+    export.add_argument("--paths", nargs="+", default=[], metavar="DOMAIN=PATH",
+                        help="where each domain's data lives for that trainer (default: the run's files)")
+    export.add_argument("--which", default="opmix", help="opmix (default) or a baseline of the run, e.g. erm")
+    export.add_argument("--out", "-o", type=Path, default=None, help="write to this file instead of printing")
+    export.set_defaults(handler=_export)
+
+    fit = command("fit", "fit mixing laws on an Olmix-style swarm (ratios + metrics CSVs) and propose a mixture")
+    fit.add_argument("--ratios", type=Path, required=True, help="CSV: a run column, one column per domain")
+    fit.add_argument("--metrics", type=Path, required=True, help="CSV: a run column, one column per metric")
+    fit.add_argument("--out", "-o", type=Path, required=True, help="folder for mixture.json, laws.json, mixture.yaml")
+    fit.add_argument("--prior", default=None, help="uniform, natural (token shares) or a CSV/JSON of domain weights "
+                                                   "(default: natural with --tokens, else uniform)")
+    fit.add_argument("--kl-weight", type=float, default=0.05, help="KL weight lambda toward the prior (default 0.05)")
+    fit.add_argument("--tokens", type=Path, default=None, help="CSV of domain,tokens rows")
+    fit.add_argument("--budget", type=float, default=None, help="tokens R of the target run: caps x_d <= k N_d / R")
+    fit.add_argument("--repetition", type=float, default=4.0, help="repetition factor k of the caps (default 4)")
+    fit.add_argument("--higher-is-better", nargs="+", default=[], metavar="COL",
+                     help="score columns, higher is better (fitted as 1 - score)")
+    fit.add_argument("--predict", type=Path, default=None, help="CSV of mixtures (ratios layout): predictions.csv")
+    fit.add_argument("--holdout", type=float, default=None, help="hold out this fraction of runs: Spearman, RMSE")
+    fit.add_argument("--seed", type=int, default=0, help="seed of the law fits and the holdout split (default 0)")
+    fit.add_argument("--jobs", type=int, default=None, help="processes fitting laws (default: the CPUs available)")
+    fit.set_defaults(handler=_fit)
     return parser
 
 
@@ -90,10 +174,34 @@ def _demo(args: argparse.Namespace) -> int:
     from opmix.config import PretrainConfig, load_config
     from opmix.demo import demo_config
 
-    out = args.out or Path.cwd() / f"opmix-demo-{datetime.now():%Y%m%d-%H%M%S}"
-    raw = demo_config(out / "data")
-    cfg = load_config(None, PretrainConfig, list(args.overrides), raw=raw)
-    return _run_pretrain(cfg, out)
+    def config_for(out: Path):
+        return load_config(None, PretrainConfig, list(args.overrides), raw=demo_config(out / "data"))
+
+    out = args.out or _unfinished_demo(config_for)
+    if out is None:
+        out = Path.cwd() / f"opmix-demo-{datetime.now():%Y%m%d-%H%M%S}"
+    elif args.out is None:
+        log.info("resuming the unfinished demo run %s (give --out DIR for a new one)", out)
+    args.resume_command = " ".join(["opmix", "demo", "--out", str(out), *args.overrides])
+    return _run_pretrain(config_for(out), out)
+
+
+def _unfinished_demo(config_for) -> Path | None:
+    """The latest ./opmix-demo-* run that has not finished and was started with these same settings."""
+    import yaml
+
+    for candidate in sorted(Path.cwd().glob("opmix-demo-*"), reverse=True):
+        saved = candidate / "config.yaml"
+        if (candidate / "summary.json").exists() or not saved.is_file():
+            continue
+        try:
+            same = yaml.safe_load(saved.read_text()) == yaml.safe_load(
+                yaml.safe_dump(config_for(candidate).model_dump(mode="json")))
+        except (OSError, yaml.YAMLError, OpmixError):
+            same = False
+        if same:
+            return candidate
+    return None
 
 
 def _run_pretrain(cfg, out: Path) -> int:
@@ -106,6 +214,7 @@ def _run_pretrain(cfg, out: Path) -> int:
 def _run_recipe(run, cfg, out: Path, describe) -> int:
     """Check inputs, hold the run directory's lock, run; on a user error leave no run directory behind unless
     something finished (kept checkpoints let the user inspect or resume)."""
+    from opmix.progress import run_log
     from opmix.run.rundir import RunDir
     from opmix.workspace import check_inputs
 
@@ -113,7 +222,9 @@ def _run_recipe(run, cfg, out: Path, describe) -> int:
     fresh = not out.exists()
     run_dir = RunDir(out)
     try:
-        with run_dir.lock():
+        with run_dir.lock(), run_log(out):
+            log.info("opmix %s -> %s; train.batch_size=%d sequences per process per step (global: x the number "
+                     "of processes)", _recipe_name(cfg), out, cfg.train.batch_size)
             summary = run(cfg, run_dir)
     except OpmixError:
         if fresh and not run_dir.has_progress():
@@ -121,6 +232,65 @@ def _run_recipe(run, cfg, out: Path, describe) -> int:
         raise
     print(describe(summary))
     print(f"run directory: {out}")
+    report = _write_report_safely(out)
+    if report is not None:
+        print(f"report: {report}")
+    return 0
+
+
+def _write_report_safely(out: Path) -> Path | None:
+    """The run's results are already on disk: a report that fails to render must not fail the run."""
+    from opmix.report_page import write_report
+
+    try:
+        return write_report(out)
+    except Exception as exc:  # noqa: BLE001 - any failure here is reported, the run stays a success
+        log.warning("the report could not be written (%s: %s); retry with: opmix report %s",
+                    type(exc).__name__, exc, out)
+        return None
+
+
+def _recipe_name(cfg) -> str:
+    return f"continual ({cfg.run})" if hasattr(cfg, "run") else "pretrain"
+
+
+def _status(args: argparse.Namespace) -> int:
+    from opmix.status import format_status, run_status
+
+    print(format_status(run_status(args.run_dir)))
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from opmix.report_page import write_report
+
+    if not (args.run_dir / "config.yaml").is_file():
+        raise OpmixError(f"{args.run_dir} is not an opmix run directory (no config.yaml)",
+                         "give the --out directory of an opmix run")
+    print(f"report: {write_report(args.run_dir)}")
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from opmix.export import export_mixture, parse_paths
+    from opmix.run.atomic import write_text
+
+    text = export_mixture(args.run_dir, args.format, parse_paths(args.paths), which=args.which)
+    if args.out is None:
+        print(text, end="" if text.endswith("\n") else "\n")
+    else:
+        write_text(args.out, text)
+        print(f"wrote {args.out}")
+    return 0
+
+
+def _fit(args: argparse.Namespace) -> int:
+    from opmix.fit_csv import format_fit, run_fit
+
+    print(format_fit(run_fit(args.ratios, args.metrics, args.out, prior=args.prior, kl_weight=args.kl_weight,
+                             tokens=args.tokens, budget=args.budget, repetition=args.repetition,
+                             higher_is_better=args.higher_is_better, predict=args.predict, holdout=args.holdout,
+                             seed=args.seed, jobs=args.jobs)))
     return 0
 
 
@@ -128,6 +298,8 @@ def _check(args: argparse.Namespace) -> int:
     from opmix.check import format_check, run_check
 
     print(format_check(run_check(args.run_dir, runs=args.runs, steps=args.steps)))
+    if (args.run_dir / "report" / "index.html").is_file():
+        _write_report_safely(args.run_dir)  # the report shows the check
     return 0
 
 

@@ -19,7 +19,8 @@ def demo_config(data_dir: Path) -> dict:
         "tokenizer": "builtin:bytes",
         "domains": [{"name": name, "files": [str(p) for p in paths]} for name, paths in corpus.items()],
         "data": {"seq_len": 128, "eval_fraction": 0.05, "max_eval_sequences": 256},
-        "train": {"steps": 600, "batch_size": 16, "lr": 3e-3, "warmup_fraction": 0.02, "decay_fraction": 0.2},
+        "train": {"steps": 600, "batch_size": 16, "lr": 3e-3, "warmup_fraction": 0.02, "decay_fraction": 0.2,
+                  "checkpoint_every": 50},  # Ctrl-C loses at most 50 steps
         "method": {"n_proxies": 12},
         "baseline": "erm",
     }

@@ -28,7 +28,9 @@ BUILTIN_CONFIGS: dict[str, dict] = {
 
 
 def builtin_model(name: str, vocab_size: int, seed: int, max_positions: int = 2048):
-    """A Llama-style model from ``BUILTIN_CONFIGS``, initialised with its own seeded RNG (global RNG untouched)."""
+    """A Llama-style model from ``BUILTIN_CONFIGS``, initialised with its own seeded RNG (global RNG untouched).
+
+    Its position limit is ``max_positions``: the workspace gives it ``data.seq_len``, so any seq_len fits."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     if name not in BUILTIN_CONFIGS:
@@ -81,14 +83,110 @@ def check_causal_lm_dir(path: Path, trust_remote_code: bool = False):
             f"model at {path} is a {config.model_type!r} model, not a causal language model",
             "give a model that AutoModelForCausalLM loads (Llama, GPT-2, Qwen2, OLMo, ...)",
         )
+    _check_weight_files(path)
+    return config
+
+
+PICKLE_WEIGHTS = ("*.bin", "*.pt", "*.pth", "*.ckpt")
+NOT_WEIGHTS = ("training_args.bin", "optimizer.pt", "scheduler.pt", "scaler.pt", "rng_state*.pth")  # Trainer's
+OTHER_WEIGHTS = ("*.gguf", "*.h5", "*.msgpack", "*.onnx")  # formats AutoModelForCausalLM does not load here
+
+
+def _check_weight_files(path: Path) -> None:
+    """safetensors weights present (all the shards its index lists); a pickle checkpoint or none: a clear error."""
     if not any(path.glob("*.safetensors")):
-        found = sorted(p.name for p in path.glob("*.bin")) or sorted(p.name for p in path.glob("*.pt"))
+        found = sorted(
+            p.name for pattern in PICKLE_WEIGHTS for p in path.glob(pattern)
+            if not any(p.match(other) for other in NOT_WEIGHTS)
+        )
+        if not found:
+            other = sorted(p.name for pattern in OTHER_WEIGHTS for p in path.glob(pattern))
+            raise OpmixError(
+                f"no weight file (model.safetensors / pytorch_model.bin) in {path}"
+                f"{f' (only {other}, which opmix does not load)' if other else ''}",
+                "give the folder model.save_pretrained(dir) wrote, weights included (model.safetensors)",
+            )
         raise OpmixError(
-            f"model at {path} has no .safetensors weights{f' (only {found})' if found else ''}; pickle checkpoints "
-            "are never loaded",
+            f"model at {path} has no .safetensors weights (only {found}); pickle checkpoints are never loaded",
             "convert it once in a trusted environment with model.save_pretrained(dir, safe_serialization=True)",
         )
-    return config
+    index = path / "model.safetensors.index.json"
+    if index.is_file():
+        try:
+            shards = set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values())
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
+            raise OpmixError(f"model at {path} has an unreadable {index.name} ({error})", "fix or re-save it") from None
+        missing = sorted(shard for shard in shards if not (path / shard).is_file())
+        if missing:
+            raise OpmixError(
+                f"model at {path} lacks {len(missing)} of the {len(shards)} weight shards its {index.name} lists "
+                f"({missing[:3]}{' ...' if len(missing) > 3 else ''})",
+                "copy the missing shards into the folder, or save the model again",
+            )
+    for weights in sorted(path.glob("*.safetensors")):
+        _check_safetensors_header(weights)
+
+
+def _check_safetensors_header(file: Path) -> None:
+    """A truncated or damaged safetensors file (an interrupted copy) fails here, not after tokenization: its JSON
+    header (read alone) must parse and its tensors must end within the file."""
+    try:
+        size = file.stat().st_size
+        with file.open("rb") as handle:
+            length = int.from_bytes(handle.read(8), "little")
+            if length <= 0 or 8 + length > size:
+                raise ValueError("its header runs past the end of the file")
+            header = json.loads(handle.read(length))
+        end = max((t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"), default=0)
+        if 8 + length + end > size:
+            raise ValueError(f"{size} bytes, its tensors need {8 + length + end}")
+    except (OSError, ValueError, KeyError, TypeError, IndexError, AttributeError) as error:
+        raise OpmixError(
+            f"weight file {file} is truncated or damaged ({error})", "copy or save the model again"
+        ) from None
+
+
+# config.json keys of the longest sequence a model takes, first match wins: learned position tables (GPT-2's
+# n_positions) index out of range past it, rotary ones run past what they were trained on
+POSITION_KEYS = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length", "n_ctx")
+
+
+def _text_config(config):
+    """The language model's part of a config (multimodal configs nest it)."""
+    return config.get_text_config() if hasattr(config, "get_text_config") else config
+
+
+def _position_limit(config) -> tuple[str, int] | None:
+    for key in POSITION_KEYS:
+        value = getattr(_text_config(config), key, None)
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return key, value
+    return None
+
+
+def max_positions(config) -> int | None:
+    """The longest sequence the model's config allows, or None when it names no limit."""
+    found = _position_limit(config)
+    return found[1] if found else None
+
+
+def check_sequence_length(config, seq_len: int, path: Path) -> None:
+    """``data.seq_len`` past the model's position limit would fail (or silently degrade) at the first step."""
+    found = _position_limit(config)
+    if found is not None and seq_len > found[1]:
+        key, limit = found
+        key = getattr(_text_config(config), "attribute_map", {}).get(key, key)  # GPT-2 names it n_positions
+        raise OpmixError(
+            f"data.seq_len={seq_len} is longer than the {limit} positions the model at {path} takes "
+            f"({key} in its config.json)",
+            f"set data.seq_len to {limit} or less",
+        )
+
+
+def model_vocab_size(config) -> int | None:
+    """Rows of the model's input embedding, from its config (None when it does not say)."""
+    rows = getattr(_text_config(config), "vocab_size", None)
+    return rows if isinstance(rows, int) and not isinstance(rows, bool) else None
 
 
 def load_model(path: Path, trust_remote_code: bool = False, dtype: torch.dtype = torch.float32):

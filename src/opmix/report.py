@@ -78,12 +78,16 @@ def run_summary(ws, mixture, proposal, guard, final_step: str, baselines: Mappin
         "laws": proposal.laws,
         "baselines": {},
     }
+    summary["model"] = str(Path(final_step) / "model")
     for name, b in baselines.items():
         info = ws.run.step_info(b["result_step"])
+        model = Path(b["result_step"]) / "model"  # evaluate a baseline's model the same way as the final one
+        export_model(ws, ws.run.path(b["result_step"], "checkpoint"), ws.run.path(model))
         seconds = ws.ledger.as_dict()
         summary["baselines"][name] = {
             "name": name,
             "mixture": b["mixture"],
+            "model": str(model),
             "eval_loss": info["eval_loss"],
             "mean_eval_loss": mean_loss(info["eval_loss"]),
             "flops": stage_flops(flops, set(b["steps"]), set(b["steps"]) - {"prefix", *b.get("search_steps", ())}),

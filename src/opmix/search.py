@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -49,6 +49,7 @@ def propose_mixture(
     solver: str = "CLARABEL",
     seed: int = 0,
     ledger: ComputeLedger | None = None,  # where the step's seconds and FLOPs go (the run's ``ws.ledger``)
+    to_domains: Callable[[dict[str, float]], dict[str, float]] | None = None,  # components -> domain mixture
 ) -> Proposal:
     laws_path, proposal_path = run.path(step, "laws.json"), run.path(step, "proposal.json")
     if run.is_done(step):
@@ -56,6 +57,7 @@ def propose_mixture(
         return Proposal(saved["components"], saved["warnings"], json.loads(laws_path.read_text())["laws"])
     started = time.perf_counter()
     X, Y = np.asarray(X, dtype=float), np.asarray(Y, dtype=float)
+    log.info("%s: fitting %d mixing laws on %d proxies, then the KL-regularised proposal", step, Y.shape[1], X.shape[0])
     laws = fit_laws(X, Y, list(own_components), seed=seed, **(law_settings or {}))
     warnings = proxy_count_warnings(X.shape[0], X.shape[1])
     warnings += law_warnings(laws, X, Y, list(components), list(eval_domains))
@@ -71,7 +73,9 @@ def propose_mixture(
     proposal = Proposal({c: float(v) for c, v in zip(components, proposer.x_)}, warnings, law_rows)
     write_json(laws_path, {"components": list(components), "laws": law_rows})
     write_json(proposal_path, {
-        "components": proposal.components, "warnings": warnings, "kl_weight": kl_weight,
+        "components": proposal.components,
+        **({"domains": to_domains(proposal.components)} if to_domains is not None else {}),
+        "warnings": warnings, "kl_weight": kl_weight,
         "prior": prior.tolist(), "objective": float(proposer.objective_), "seconds": seconds,
     })
     if ledger is not None:

@@ -16,7 +16,8 @@ from pathlib import Path
 import numpy as np
 
 from opmix.data.sampler import MixtureSampler
-from opmix.eval import evaluate
+from opmix.eval import evaluate, mean_loss
+from opmix.progress import Progress, format_seconds
 from opmix.run.atomic import write_csv
 from opmix.run.faults import fault_point
 from opmix.run.ledger import eval_flops, lora_train_flops, train_flops
@@ -66,6 +67,7 @@ def train_full(
     tokens = trainer.tokens_trained
     losses = evaluate(trainer.unwrapped_model(), ws.eval_sets(), ws.train.eval_batch_size)
     ws.ledger.set(step, train_flops(ws.n_params, tokens), trainer.seconds, tokens)
+    log.info("%s: done in %s, mean eval loss %.4f", step, format_seconds(trainer.seconds), mean_loss(losses))
     ws.run.mark_done(step, [checkpoint], info={
         "eval_loss": losses, "mixture": dict(mixture), "tokens": tokens, "end_step": end_step,
         "tokens_consumed": dict(sampler.tokens_consumed), "epochs": sampler.epochs(),
@@ -96,6 +98,7 @@ def train_probe(
     schedule = WSDSchedule(steps, 0, round(decay_fraction * steps), ws.train.final_lr_ratio)
     trainer = _trainer(ws, model, sampler, schedule, lr, step, ws.sampler_seed(sampler_offset))
     checkpoint = ws.run.path(step, "checkpoint")
+    log.info("%s: LoRA probe, %d steps on %s", step, steps, _fmt(mixture))
     if resumable(checkpoint):
         trainer.load(checkpoint)
     trainer.train_until(steps, checkpoint, ws.train.checkpoint_every)
@@ -152,13 +155,17 @@ def evaluate_mixtures(
         kept += 1
     rows = rows[:kept]  # the rows of these mixtures, in order: evaluation resumes after the last of them
     eval_tokens = sum(sequences.size for sequences in eval_sets.values())
+    if len(rows) < len(X):
+        log.info("%s: evaluating %d mixtures on %d domains (%d tokens each)", step, len(X) - len(rows), len(domains),
+                 eval_tokens)
     started = time.perf_counter()
-    with models() as model_at:
+    with models() as model_at, Progress(step, len(X) - len(rows), unit="proxy") as progress:
         for index in range(len(rows), len(X)):
             losses = evaluate(model_at(X[index]), eval_sets, ws.train.eval_batch_size)
             rows.append({"proxy": index, **{f"w_{c}": float(v) for c, v in zip(components, X[index])},
                          **{f"loss_{d}": losses[d] for d in domains}})
             write_csv(table, rows, list(rows[0]))
+            progress.update(1, loss=float(np.mean(list(losses.values()))))
             fault_point("proxy")
     previous = ws.run.step_info(step) or {}
     seconds = previous.get("seconds", 0.0) + time.perf_counter() - started

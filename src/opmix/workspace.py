@@ -11,10 +11,18 @@ import numpy as np
 import torch
 
 from opmix.config.base import DataConfig, DomainConfig, ModelConfig, TrainConfig
-from opmix.data.cache import TokenizedDomain, prepare_domain
+from opmix.data.cache import TokenizedDomain, max_eval_tokens, prepare_domain
+from opmix.data.readers import SourceCheck, inspect_sources
 from opmix.data.tokenizer import load_tokenizer
 from opmix.errors import OpmixError
-from opmix.model import builtin_model, check_causal_lm_dir, check_vocabulary, load_model
+from opmix.model import (
+    builtin_model,
+    check_causal_lm_dir,
+    check_sequence_length,
+    check_vocabulary,
+    load_model,
+    model_vocab_size,
+)
 from opmix.run.ledger import ComputeLedger, count_params
 from opmix.run.rundir import RunDir
 from opmix.train.loop import make_accelerator
@@ -50,14 +58,80 @@ class Workspace:
         return self.seed + offset + 7919 * self.accelerator.process_index
 
 
-def check_inputs(model: ModelConfig, domains: list[DomainConfig]) -> None:
-    """Cheap checks that fail before any tokenization or compute."""
+def check_inputs(
+    model: ModelConfig, domains: list[DomainConfig], data: DataConfig | None = None, tokenizer: str | None = None
+):
+    """Every check that needs no tokenization or compute, cheapest first; raises a one-line OpmixError.
+
+    Always: each domain's files exist (glob patterns match), are readable, of a supported kind, and start as
+    their kind says (UTF-8, the JSONL text field, the Parquet column, 1-D integer token arrays); a local model
+    directory has a causal-LM config.json and safetensors weights. With ``data`` (``tokenizer`` is then the
+    config's tokenizer, None for the model directory's): ``data.seq_len`` fits the model's positions, each domain
+    can hold one train and one eval sequence as far as its file sizes tell, and the tokenizer loads and fits the
+    model's vocabulary. Returns that tokenizer (None without ``data``)."""
+    sources = {domain.name: _inspect_domain(domain, data) for domain in domains}
+    config = check_causal_lm_dir(model.path, model.trust_remote_code) if model.path is not None else None
+    if data is None:
+        return None
+    if config is not None:
+        check_sequence_length(config, data.seq_len, model.path)
     for domain in domains:
-        for path in [*domain.files, *domain.eval_files]:
-            if not Path(path).exists():
-                raise OpmixError(f"domain {domain.name!r}: {path} does not exist", "check the domain's files")
-    if model.path is not None:
-        check_causal_lm_dir(model.path, model.trust_remote_code)
+        _check_domain_size(domain.name, *sources[domain.name], data)
+    loaded = load_tokenizer(tokenizer or str(model.path))
+    rows = model_vocab_size(config) if config is not None else None
+    if rows is not None:  # ids past the model's embedding table would fail mid-training
+        check_vocabulary(rows, loaded)
+    return loaded
+
+
+def _inspect_domain(domain: DomainConfig, data: DataConfig | None) -> tuple[SourceCheck, SourceCheck | None]:
+    bin_dtype = data.bin_dtype if data is not None else None  # unknown: .bin sizes are checked with data
+    try:
+        train = inspect_sources(domain.files, domain.text_field, bin_dtype)
+        evals = inspect_sources(domain.eval_files, domain.text_field, bin_dtype) if domain.eval_files else None
+    except OpmixError as error:
+        raise OpmixError(f"domain {domain.name!r}: {error.problem}", error.fix) from None
+    return train, evals
+
+
+def _check_domain_size(name: str, train: SourceCheck, evals: SourceCheck | None, data: DataConfig) -> None:
+    """What file sizes already tell (an upper bound on the tokens, exact for token arrays): too few tokens for one
+    train and one eval sequence is certain before anything is tokenized."""
+    seq_len = data.seq_len
+    splits = [("train", train)] if evals is None else [("train", train), ("eval", evals)]
+    for split, check in splits:
+        if check.max_tokens == 0:
+            where = "files" if split == "train" else "eval_files"
+            raise OpmixError(f"domain {name!r} has no tokens in its {where}: they are empty or blank",
+                             f"add data to the domain's {where}")
+    for split, check in splits if evals is not None else []:  # separate eval files: each split on its own
+        if check.max_tokens is not None and check.max_tokens < seq_len:
+            more = "add more data to the domain" if split == "train" else "add more eval files"
+            raise OpmixError(
+                f"domain {name!r} has {_at_most(check)}{check.max_tokens} {split} tokens, fewer than one sequence "
+                f"of seq_len={seq_len}",
+                f"{more}, or use a smaller data.seq_len",
+            )
+    if evals is not None or train.max_tokens is None:
+        return
+    if train.max_tokens < 2 * seq_len:
+        raise OpmixError(
+            f"domain {name!r} has {_at_most(train)}{train.max_tokens} tokens, fewer than one train and one eval "
+            f"sequence of seq_len={seq_len} ({2 * seq_len} tokens)",
+            "add more data to the domain, or use a smaller data.seq_len",
+        )
+    held_out = max_eval_tokens(train.max_tokens, data.eval_fraction)
+    if held_out < seq_len:
+        raise OpmixError(
+            f"domain {name!r} has {_at_most(train)}{train.max_tokens} tokens, so its held-out eval split "
+            f"(data.eval_fraction={data.eval_fraction}) has at most {held_out}, fewer than one sequence of "
+            f"seq_len={seq_len}",
+            "raise data.eval_fraction, give the domain eval_files, add data, or use a smaller data.seq_len",
+        )
+
+
+def _at_most(check: SourceCheck) -> str:
+    return "" if check.pretokenized else "at most "  # token arrays are counted exactly, text bounded by its bytes
 
 
 def open_workspace(
@@ -69,12 +143,8 @@ def open_workspace(
     train: TrainConfig,
     seed: int,
 ) -> Workspace:
-    check_inputs(model, domains)
-    tokenizer = load_tokenizer(tokenizer_spec or str(model.path))
-    if model.path is not None:  # before tokenizing: ids past the model's embedding table would fail mid-training
-        rows = getattr(check_causal_lm_dir(model.path, model.trust_remote_code), "vocab_size", None)
-        if isinstance(rows, int):
-            check_vocabulary(rows, tokenizer)
+    tokenizer = check_inputs(model, domains, data, tokenizer_spec)  # before tokenizing anything
+    accelerator = make_accelerator(train.precision)  # also before: bf16 without CUDA is a bad input
     cache_dir = Path(data.cache_dir) if data.cache_dir else run.path("cache")
     tokenized = {
         d.name: prepare_domain(
@@ -95,7 +165,6 @@ def open_workspace(
     notes = [warning for domain in tokenized.values() for warning in domain.warnings]
     for note in notes:
         log.warning("%s", note)
-    accelerator = make_accelerator(train.precision)
 
     def new_model() -> torch.nn.Module:
         if model.builtin is not None:

@@ -143,7 +143,8 @@ def _odd_sized_bin(raw, tmp):
 CASES = {
     "file not UTF-8": (_not_utf8, r"latin1\.txt is not UTF-8"),
     "folder with no files": (_empty_folder, "holds no files"),
-    "domain smaller than one sequence": (_smaller_than_a_sequence, "train tokens, fewer than one sequence"),
+    "domain smaller than one sequence": (_smaller_than_a_sequence,
+                                         "at most 6 tokens, fewer than one train and one eval sequence of seq_len=32"),
     "eval split smaller than one sequence": (_eval_split_too_small, "eval tokens, fewer than one sequence"),
     "duplicate domain names": (_duplicate_names, "duplicate domain name"),
     "domain named old": (_domain_named_old, "named 'old'"),
@@ -175,8 +176,11 @@ def _run(raw, tmp, *extra):
 
 
 def _error_line(capsys) -> str:
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1, err
+    """The error is one line, the last; before it at most the run's header (no traceback, no library noise)."""
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert lines and len(lines) <= 2 and not any("Traceback" in line for line in lines), lines
+    assert lines[0].startswith("opmix pretrain -> ") or len(lines) == 1, lines
+    err = lines[-1]
     assert err.startswith("opmix: error: ") and "; fix: " in err, err
     return err
 
@@ -247,4 +251,150 @@ def test_bf16_without_cuda(tmp_path, tiny_pretrain_raw, capsys):
     tiny_pretrain_raw["train"]["precision"] = "bf16"
     assert _run(tiny_pretrain_raw, tmp_path) == 2
     assert "needs a CUDA device" in _error_line(capsys)
+    assert not (tmp_path / "run").exists()
+
+
+# Inputs the checks before tokenization catch (opmix.workspace.check_inputs): files, kinds, the model directory,
+# seq_len against the model's positions, the tokenizer against its vocabulary, and domains too small by their file
+# sizes. Each answers in seconds, before any domain is tokenized, with the fix named.
+
+
+def _tiny_gpt2_dir(folder, n_positions=16):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    config = GPT2Config(vocab_size=300, n_positions=n_positions, n_embd=16, n_layer=1, n_head=2,
+                        bos_token_id=256, eos_token_id=256)
+    GPT2LMHeadModel(config).save_pretrained(folder, safe_serialization=True)
+    return folder
+
+
+def _seq_len_past_learned_positions(raw, tmp):  # GPT-2's position table: an IndexError at the first step
+    raw["model"] = {"path": str(_tiny_gpt2_dir(tmp / "gpt2", n_positions=16))}
+
+
+def _seq_len_past_rotary_positions(raw, tmp):
+    raw["model"] = {"path": str(_tiny_llama_dir(tmp / "model"))}  # max_position_embeddings=64
+    raw["data"]["seq_len"] = 128
+
+
+def _no_weight_file(raw, tmp):
+    from transformers import LlamaConfig
+
+    LlamaConfig(vocab_size=300, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                num_attention_heads=2, num_key_value_heads=2).save_pretrained(tmp / "model")
+    raw["model"] = {"path": str(tmp / "model")}
+
+
+def _truncated_weights(raw, tmp):  # an interrupted copy
+    folder = _tiny_llama_dir(tmp / "model")
+    weights = folder / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    raw["model"] = {"path": str(folder)}
+
+
+def _bf16_without_cuda(raw, tmp):
+    if torch.cuda.is_available():
+        pytest.skip("bf16 is valid with a CUDA device")
+    raw["train"]["precision"] = "bf16"
+
+
+def _glob_matching_nothing(raw, tmp):
+    raw["domains"][0]["files"] = [str(tmp / "data" / "*.txt")]
+
+
+def _not_gzip_data(raw, tmp):
+    _first_domain(raw, tmp, "docs.jsonl.gz", b"plain bytes, not gzip " * 100)
+
+
+def _gzip_under_a_plain_name(raw, tmp):
+    import gzip
+
+    _first_domain(raw, tmp, "docs.txt", gzip.compress(b"some text " * 500))
+
+
+def _zst_without_a_zstd_module(raw, tmp):
+    _first_domain(raw, tmp, "docs.jsonl.zst", b"\x28\xb5\x2f\xfd" + b"\x00" * 64)
+
+
+def _archive(raw, tmp):
+    _first_domain(raw, tmp, "docs.tar.gz", b"\x1f\x8b" + b"\x00" * 64)
+
+
+def _small_last_domain(raw, tmp):  # the big domains before it are not tokenized first
+    path = tmp / "short.txt"
+    path.write_text("tiny")
+    raw["domains"][-1]["files"] = [str(path)]
+
+
+def _eval_split_too_small_by_size(raw, tmp):  # <= 102 tokens: a 10% eval split cannot hold a 32-token sequence
+    _first_domain(raw, tmp, "small.txt", "word " * 20)
+
+
+def _not_utf8_in_the_last_domain(raw, tmp):
+    path = tmp / "latin1.txt"
+    path.write_bytes("caf\xe9 ".encode("latin-1") * 400)
+    raw["domains"][-1]["files"] = [str(path)]
+
+
+CHEAP_CASES = {  # name: (mutate, problem pattern, fix pattern)
+    "seq_len past GPT-2's n_positions": (
+        _seq_len_past_learned_positions, r"data\.seq_len=32 is longer than the 16 positions .*n_positions",
+        r"set data\.seq_len to 16 or less"),
+    "seq_len past Llama's max_position_embeddings": (
+        _seq_len_past_rotary_positions, r"data\.seq_len=128 is longer than the 64 positions .*max_position_embeddings",
+        r"set data\.seq_len to 64 or less"),
+    "tokenizer larger than the model": (
+        _tokenizer_larger_than_the_model, "257 tokens but .* 100 rows", "use the tokenizer the model was trained with"),
+    "no weight file": (
+        _no_weight_file, r"no weight file \(model\.safetensors / pytorch_model\.bin\) in .*model",
+        r"weights included \(model\.safetensors\)"),
+    "truncated weights": (
+        _truncated_weights, r"weight file .*model\.safetensors is truncated or damaged", "copy or save the model again"),
+    "bf16 without CUDA": (_bf16_without_cuda, "train.precision=bf16 needs a CUDA device", "use precision: auto"),
+    "glob matching nothing": (
+        _glob_matching_nothing, r"config domains\.0\.files: the pattern .*data/\*\.txt matches no file",
+        "check the pattern"),
+    ".gz that is not gzip": (
+        _not_gzip_data, r"cannot decompress .*docs\.jsonl\.gz as gzip", r"gunzip -k .*docs\.jsonl\.gz"),
+    "gzip data named .txt": (
+        _gzip_under_a_plain_name, r"docs\.txt holds gzip-compressed data but its name does not end in \.gz",
+        r"rename it to docs\.txt\.gz"),
+    ".zst without a zstd module": (
+        _zst_without_a_zstd_module, r"docs\.jsonl\.zst is Zstandard-compressed \(\.zst\) and the zstandard module",
+        r"pip install zstandard, or decompress it \(zstd -d "),
+    "archive": (_archive, r"docs\.tar\.gz is an archive \(\.tar\.gz\)", r"extract it \(tar -xzf "),
+    "small last domain": (
+        _small_last_domain, "has at most 6 tokens, fewer than one train and one eval sequence of seq_len=32",
+        "add more data to the domain, or use a smaller data.seq_len"),
+    "eval split too small by file size": (
+        _eval_split_too_small_by_size, r"held-out eval split \(data\.eval_fraction=0\.1\) has at most 22, fewer than",
+        "raise data.eval_fraction, give the domain eval_files"),
+    "not UTF-8 in the last domain": (
+        _not_utf8_in_the_last_domain, r"latin1\.txt is not UTF-8 text \(bad byte at offset 3\)", "convert it to UTF-8"),
+}
+
+
+@pytest.mark.parametrize("case", list(CHEAP_CASES))
+def test_cheap_checks_answer_before_tokenizing(case, tmp_path, tiny_pretrain_raw, capsys, monkeypatch):
+    import time
+
+    mutate, problem, fix = CHEAP_CASES[case]
+    mutate(tiny_pretrain_raw, tmp_path)
+    capsys.readouterr()
+    if case == ".zst without a zstd module":
+        monkeypatch.setattr("opmix.data.readers._zstd_open", lambda: None)
+
+    def no_tokenizing(*args, **kwargs):
+        raise AssertionError("a domain was tokenized before the bad input was reported")
+
+    monkeypatch.setattr("opmix.workspace.prepare_domain", no_tokenizing)
+    started = time.perf_counter()
+    code = _run(tiny_pretrain_raw, tmp_path)
+    elapsed = time.perf_counter() - started
+    err = _error_line(capsys)
+    assert code == 2
+    problem_part, fix_part = err.split("; fix: ", 1)
+    assert re.search(problem, problem_part), err
+    assert re.search(fix, fix_part), err
+    assert elapsed < 20, f"{elapsed:.1f}s"  # a slow shared machine; seconds in practice
     assert not (tmp_path / "run").exists()

@@ -31,21 +31,36 @@ METHODS = ("opmix", "sequential", "replay", "fifty", "retrain", "lora-merge", "g
 
 
 class ContinualMethodConfig(Section):
-    """OP-Mix at every stage k >= 2. Defaults are SPEC's, except where a comment says otherwise."""
+    """OP-Mix at every stage k >= 2. Defaults are the published ones."""
 
     # Probe length as a fraction of a stage (reference 2,500 of 10,000). At tiny scale probes of 200 of 800 steps
     # gave proxy/real Spearman ~0.9 and half-stage probes only 0.5-0.6, so keep them short.
-    probe_fraction: float = Field(0.25, gt=0, le=1)
-    probe_lr_multiplier: float = Field(2.0, gt=0)  # probes train at 2x the full-training rate, no warmup
-    probe_decay_fraction: float = Field(0.2, ge=0, le=1)  # probes end with a short decay of their own
-    old_probe_share: float = Field(0.9, gt=0.5, le=1)  # old probe data: 0.9 * p + 0.1 * D_k
-    new_probe_share: float = Field(0.9, gt=0.5, le=1)  # new probe data: 0.1 * p + 0.9 * D_k
-    n_proxies: int = 9  # a in {0, 1/8, ..., 1} on the segment between the probes; > 3, the law's parameters
-    prior_new_weight: float = Field(0.5, gt=0, lt=1)  # q: D_k = 0.5, each old domain d = 0.5 * p[d]
-    lora: LoraConfig = LoraConfig()
-    law: LawConfig = LawConfig()
-    proposer: ProposerConfig = ProposerConfig()
-    guard: GuardConfig = GuardConfig()  # safe mixture: the prior's (new-data fraction prior_new_weight, 50/50)
+    probe_fraction: float = Field(
+        0.25, gt=0, le=1, description="Length of each of the two probes, as a fraction of a stage's `train.steps` "
+                                      "(reference: 2,500 of 10,000).")
+    probe_lr_multiplier: float = Field(
+        2.0, gt=0, description="Probes train at this multiple of `train.lr`, without warmup.")
+    probe_decay_fraction: float = Field(
+        0.2, ge=0, le=1, description="Probes end with a linear decay over this last fraction of their own steps.")
+    old_probe_share: float = Field(
+        0.9, gt=0.5, le=1, description="The old probe trains on this share of p plus the rest from the new domain "
+                                       "(0.9 p + 0.1 D_k).")
+    new_probe_share: float = Field(
+        0.9, gt=0.5, le=1, description="The new probe trains on this share of the new domain plus the rest from p "
+                                       "(0.1 p + 0.9 D_k).")
+    n_proxies: int = Field(
+        9, description="Proxies evenly spaced on the segment between the two probes (a = 0, 1/8, ..., 1 for 9). "
+                       "Must exceed 3, the parameters of each law (a warning below 6).")
+    prior_new_weight: float = Field(
+        0.5, gt=0, lt=1, description="The prior q: the new domain gets this weight, the old domains share the rest "
+                                     "in proportion to p. The prior's mixture is the guard's safe mixture (50/50).")
+    lora: LoraConfig = Field(LoraConfig(), description="The probes' LoRA adapters.")
+    law: LawConfig = Field(LawConfig(), description="The fit of the mixing laws.")
+    proposer: ProposerConfig = Field(ProposerConfig(), description="The convex program that picks the mixture.")
+    guard: GuardConfig = Field(
+        GuardConfig(), description="The real check of the proposal against the prior's mixture at every stage "
+                                   "k >= 2. A proposal with more new data than the prior must win the check by "
+                                   "`margin`.")
 
     @field_validator("n_proxies")
     @classmethod
@@ -61,14 +76,23 @@ class ContinualMethodConfig(Section):
 
 
 class ContinualBaselinesConfig(Section):
-    """The SPEC section 4 baselines, each under the same per-stage budget as OP-Mix."""
+    """The papers' continual baselines, each under the same per-stage budget as OP-Mix (`run` picks one)."""
 
-    replay_new_fraction: float = Field(0.9, gt=0, le=1)  # fixed replay: 90% new + 10% old (old split by p)
-    fifty_new_fraction: float = Field(0.5, gt=0, le=1)  # the fixed 50/50 mix
-    retrain_mixture: Literal["uniform", "natural"] = "uniform"  # over the domains seen so far
-    lora_merge_scale: float = Field(1.0, gt=0)  # theta <- theta + scale * B A (LoRA trained on the new domain)
-    grid: list[float] = Field(default_factory=lambda: [round(0.1 * i, 1) for i in range(1, 10)], min_length=2)
-    grid_seeds: int = Field(2, ge=1)  # full-training runs per grid point (differently drawn batches)
+    replay_new_fraction: float = Field(
+        0.9, gt=0, le=1, description="`replay`: this fraction of new data, the rest from the old domains split by p.")
+    fifty_new_fraction: float = Field(
+        0.5, gt=0, le=1, description="`fifty`: the same, with this fraction of new data.")
+    retrain_mixture: Literal["uniform", "natural"] = Field(
+        "uniform", description="`retrain`: the mixture over the domains seen so far, uniform or by train tokens.")
+    lora_merge_scale: float = Field(
+        1.0, gt=0, description="`lora-merge`: the weights become theta + scale x B A, with the LoRA trained on the "
+                               "new domain.")
+    grid: list[float] = Field(
+        default_factory=lambda: [round(0.1 * i, 1) for i in range(1, 10)], min_length=2,
+        description="`grid`: the new-data fractions trained for real at every stage k >= 2, to find the best one "
+                    "and measure OP-Mix's regret.")
+    grid_seeds: int = Field(
+        2, ge=1, description="`grid`: full-training runs per grid point, each drawing its batches differently.")
 
     @model_validator(mode="after")
     def _grid_inside(self) -> ContinualBaselinesConfig:
@@ -78,15 +102,27 @@ class ContinualBaselinesConfig(Section):
 
 
 class ContinualConfig(Section):
-    seed: int = 0
-    model: ModelConfig  # a local HF directory, a pretraining run's directory (its final/model), or a built-in
-    tokenizer: str | None = None  # a local tokenizer directory or "builtin:bytes"; None = the model directory's
-    domains: list[DomainConfig] = Field(min_length=2)  # D1..DK in the order they arrive
-    data: DataConfig = DataConfig()
-    train: TrainConfig = TrainConfig(steps=800)  # ONE stage: train.steps = steps per stage
-    method: ContinualMethodConfig = ContinualMethodConfig()
-    baselines: ContinualBaselinesConfig = ContinualBaselinesConfig()
-    run: Literal[METHODS] = "opmix"  # which method this run trains (grid = OP-Mix plus the grid at every stage)
+    """A whole continual-midtraining run (``opmix continual``)."""
+
+    seed: int = Field(0, description="Seeds every random draw: data order, law fits, grid branches.")
+    model: ModelConfig = Field(
+        description="The start model: a local HF directory, a pretraining run's directory (its `final/model` is "
+                    "used), or a built-in config.")
+    tokenizer: str | None = Field(
+        None, description="A local tokenizer directory or `builtin:bytes`. Null: the model directory's tokenizer.")
+    domains: list[DomainConfig] = Field(
+        min_length=2, description="D1..DK in the order they arrive: stage k adds domain k.")
+    data: DataConfig = Field(DataConfig(), description="Tokenization, eval split and cache.")
+    train: TrainConfig = Field(
+        TrainConfig(steps=800), description="ONE stage: every stage trains `train.steps` steps on its own WSD "
+                                            "schedule.")
+    method: ContinualMethodConfig = Field(ContinualMethodConfig(), description="OP-Mix's own settings.")
+    baselines: ContinualBaselinesConfig = Field(
+        ContinualBaselinesConfig(), description="Settings of the baselines (`run` other than `opmix`).")
+    run: Literal[METHODS] = Field(
+        "opmix", description="The method this run trains: `opmix`, `sequential`, `replay`, `fifty`, `retrain`, "
+                             "`lora-merge`, or `grid` (OP-Mix plus the grid oracle at every stage). The CLI's "
+                             "`--method` sets it.")
 
     @model_validator(mode="before")
     @classmethod

@@ -26,43 +26,81 @@ logger = logging.getLogger(__name__)
 
 
 class PretrainMethodConfig(Section):
-    prefix_fraction: float = Field(0.2, gt=0, lt=1)  # prefix on p for 20% of S
-    probe_fraction: float = Field(0.1, gt=0, le=1)  # each probe: 10% of S
-    probe_lr_multiplier: float = Field(2.0, gt=0)  # probes train at 2x the full-training rate, no warmup
-    probe_decay_fraction: float = Field(0.2, ge=0, le=1)  # probes end with a short decay of their own
-    domain_probe_share: float = Field(0.9, gt=0, le=1)  # domain probe data: 0.9 * D_i + 0.1 * p
-    n_proxies: int = Field(12, ge=2)  # Dirichlet(1) samples over the m+1 components; > m+2, the law's parameters
-    initial_mixture: dict[str, float] | None = None  # p for the prefix; None = uniform
-    prior: Literal["default", "uniform", "natural"] = "default"  # default: old 0.5, each domain 0.5/m
-    lora: LoraConfig = LoraConfig()
-    law: LawConfig = LawConfig()
-    proposer: ProposerConfig = ProposerConfig()
-    guard: GuardConfig = GuardConfig()
+    """OP-Mix in pretraining: prefix, probes, proxies, laws, proposal, guard. Defaults are the published ones."""
+
+    prefix_fraction: float = Field(
+        0.2, gt=0, lt=1, description="The prefix trains on the initial mixture p for this fraction of `train.steps`, "
+                                     "ending before the learning-rate decay.")
+    probe_fraction: float = Field(0.1, gt=0, le=1, description="Length of each probe, as a fraction of `train.steps`.")
+    probe_lr_multiplier: float = Field(
+        2.0, gt=0, description="Probes train at this multiple of `train.lr`, without warmup.")
+    probe_decay_fraction: float = Field(
+        0.2, ge=0, le=1, description="Probes end with a linear decay over this last fraction of their own steps.")
+    domain_probe_share: float = Field(
+        0.9, gt=0, le=1, description="A domain's probe trains on this share of its domain plus the rest from p "
+                                     "(0.9 D_i + 0.1 p).")
+    n_proxies: int = Field(
+        12, ge=2, description="Proxies: Dirichlet(1) samples over the m+1 components. Must exceed m+2, the "
+                              "parameters of each law (a warning below 2(m+2)).")
+    initial_mixture: dict[str, float] | None = Field(
+        None, description="p: the prefix's mixture, `{domain: weight}`. Normalised to sum to 1 when the config is "
+                          "loaded (the saved `config.yaml` holds the normalised weights); domains left out get 0. "
+                          "Null: uniform.")
+    prior: Literal["default", "uniform", "natural"] = Field(
+        "default", description="The prior q of the proposer over the components. `default`: `old` 0.5, each domain "
+                               "0.5/m; `uniform`: 1/(m+1) each; `natural`: by train tokens, `old` taking the mean "
+                               "size. Its mixture is also the guard's safe mixture.")
+    lora: LoraConfig = Field(LoraConfig(), description="The probes' LoRA adapters.")
+    law: LawConfig = Field(LawConfig(), description="The fit of the mixing laws.")
+    proposer: ProposerConfig = Field(ProposerConfig(), description="The convex program that picks the mixture.")
+    guard: GuardConfig = Field(GuardConfig(), description="The real check of the proposal against the safe mixture.")
+
+    @field_validator("initial_mixture")
+    @classmethod
+    def _normalised(cls, value: dict[str, float] | None) -> dict[str, float] | None:
+        """Store p summing to 1, so the resolved config.yaml holds the mixture the run trains on."""
+        if value is None:
+            return None
+        try:
+            return normalize(value, "the mixture")
+        except OpmixError as error:
+            raise ValueError(str(error)) from None
 
 
 BASELINES = ("erm", "natural", "swarm", "mergemix")
 
 
 class SwarmConfig(Section):
-    """The swarm baseline (SPEC section 4, Olmix / RegMix style): K proxy models trained from scratch on Dirichlet
+    """The swarm baseline (Olmix / RegMix style): K proxy models trained from scratch on Dirichlet
     mixtures centred on the prior's domain mixture, each for ``fraction`` of the budget."""
 
-    k: int | None = Field(None, ge=1)  # proxy models; None = 3(m+1); at least m+1, the parameters of each law
-    fraction: float = Field(0.2, gt=0, le=1)  # each proxy model trains for this fraction of train.steps
-    concentration: float = Field(1.0, gt=0)  # Dirichlet(m * concentration * prior): larger = closer to the prior
+    k: int | None = Field(
+        None, ge=1, description="Number of proxy models, at least m+1 (the parameters of each law). Null: 3(m+1).")
+    fraction: float = Field(
+        0.2, gt=0, le=1, description="Each proxy model trains from scratch for this fraction of `train.steps`.")
+    concentration: float = Field(
+        1.0, gt=0, description="The mixtures are drawn from Dirichlet(m x concentration x prior): larger values "
+                               "stay closer to the prior.")
 
 
 class PretrainConfig(Section):
-    seed: int = 0
-    model: ModelConfig
-    tokenizer: str | None = None  # a local tokenizer directory or "builtin:bytes"; None = the model directory's
-    domains: list[DomainConfig] = Field(min_length=2)
-    data: DataConfig = DataConfig()
-    train: TrainConfig = TrainConfig()
-    method: PretrainMethodConfig = PretrainMethodConfig()
+    """A whole pretraining run (``opmix pretrain``)."""
+
+    seed: int = Field(0, description="Seeds every random draw: data order, proxies, law fits. Same config and "
+                                     "seed, same mixture.")
+    model: ModelConfig = Field(description="The model to train: a local directory or a built-in config.")
+    tokenizer: str | None = Field(
+        None, description="A local tokenizer directory or `builtin:bytes`. Null: the model directory's tokenizer.")
+    domains: list[DomainConfig] = Field(min_length=2, description="The domains to mix, at least two.")
+    data: DataConfig = Field(DataConfig(), description="Tokenization, eval split and cache.")
+    train: TrainConfig = Field(
+        TrainConfig(), description="The whole budget S (prefix + final training) and its one WSD schedule.")
+    method: PretrainMethodConfig = Field(PretrainMethodConfig(), description="OP-Mix's own settings.")
     # baselines trained under the same budget: "none", one name, or several ("erm,natural" or a list)
-    baseline: str | list[str] = "none"
-    swarm: SwarmConfig = SwarmConfig()  # settings of the swarm baseline (--baseline swarm)
+    baseline: str | list[str] = Field(
+        "none", description="Baselines trained under the same budget: `none`, or any of `erm`, `natural`, `swarm`, "
+                            "`mergemix`, comma-separated or as a list.")
+    swarm: SwarmConfig = Field(SwarmConfig(), description="Settings of the swarm baseline.")
 
     @model_validator(mode="after")
     def _consistent(self) -> PretrainConfig:
@@ -71,10 +109,6 @@ class PretrainConfig(Section):
             unknown = sorted(set(self.method.initial_mixture) - set(names))
             if unknown:
                 raise ValueError(f"method.initial_mixture names unknown domain(s) {unknown}; fix: use the known domains {names}")
-            try:
-                normalize(self.method.initial_mixture, "method.initial_mixture")
-            except OpmixError as error:
-                raise ValueError(str(error)) from None
         prefix_steps = self.prefix_steps
         if prefix_steps < 1 or prefix_steps >= self.train.steps:
             raise ValueError(

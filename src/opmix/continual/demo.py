@@ -17,7 +17,8 @@ def demo_pretrain_config(data_dir: Path) -> dict:
     raw.update({
         "model": {"builtin": "llama-tiny"},
         "data": {"seq_len": SEQ_LEN, "eval_fraction": 0.05, "max_eval_sequences": 256},
-        "train": {"steps": 800, "batch_size": 16, "lr": 3e-3, "warmup_fraction": 0.02, "decay_fraction": 0.2},
+        "train": {"steps": 800, "batch_size": 16, "lr": 3e-3, "warmup_fraction": 0.02, "decay_fraction": 0.2,
+                  "checkpoint_every": 50},  # Ctrl-C loses at most 50 steps
         "method": {"n_proxies": 12, "lora": {"r": 4, "alpha": 8}},
         "baseline": "none",
     })
@@ -34,7 +35,8 @@ def demo_continual_config(data_dir: Path, start_run: Path) -> dict:
         "model": {"path": str(start_run)},  # a pretraining run directory: its final/model
         "domains": [{"name": name, "files": [str(p) for p in paths]} for name, paths in corpus.items()],
         "data": {"seq_len": SEQ_LEN, "eval_fraction": 0.05, "max_eval_sequences": 256},
-        "train": {"steps": 300, "batch_size": 16, "lr": 3e-3, "warmup_fraction": 0.02, "decay_fraction": 0.2},
+        "train": {"steps": 300, "batch_size": 16, "lr": 3e-3, "warmup_fraction": 0.02, "decay_fraction": 0.2,
+                  "checkpoint_every": 50},  # Ctrl-C loses at most 50 steps
         # r = 4 (alpha 8, the same alpha/r as SPEC's 16/32): at hidden size 32 a rank-16 adapter would be as
         # large as the layers it adapts
         "method": {"probe_fraction": 0.25, "lora": {"r": 4, "alpha": 8}},

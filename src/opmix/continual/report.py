@@ -87,9 +87,11 @@ def format_continual(summary: dict) -> str:
     domains = summary["domains"]
     lines = [f"method: {summary['method']}", "per stage: mixture over the seen domains, eval loss (nats/token)"]
     lines.append("  " + f"{'stage':<6}" + "".join(f"{d[:10]:>11}" for d in domains) + f"{'average':>10}{'FLOPs':>11}")
+    unseen = f"{'-':>11}"  # a domain a stage has not reached yet
+    lines.append("  (- : domain not seen yet at that stage)")
     for s in summary["stages"]:
-        mix = "".join(f"{s['mixture'].get(d, 0.0):11.3f}" if d in s["mixture"] else f"{'':>11}" for d in domains)
-        loss = "".join(f"{s['eval_loss'][d]:11.4f}" if d in s["eval_loss"] else f"{'':>11}" for d in domains)
+        mix = "".join(f"{s['mixture'].get(d, 0.0):11.3f}" if d in s["mixture"] else unseen for d in domains)
+        loss = "".join(f"{s['eval_loss'][d]:11.4f}" if d in s["eval_loss"] else unseen for d in domains)
         lines.append(f"  {s['stage']:<6}{mix}")
         lines.append(f"  {'':<6}{loss}{s['mean_eval_loss']:10.4f}{s['flops']['total']:11.3e}")
         guard = s.get("guard") or {}

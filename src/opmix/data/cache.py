@@ -195,6 +195,15 @@ def _interleaved_pieces(n: int, eval_fraction: float, doc_starts: np.ndarray | N
     return exact  # documents too few or too big for whole-document pieces
 
 
+def max_eval_tokens(tokens: int, eval_fraction: float) -> int:
+    """At most how many tokens the held-out eval split of a ``tokens``-token domain (no eval_files) holds.
+
+    A tail of whole documents is taken only up to twice the fraction; snapped interleaved pieces too; exact ones
+    hold ``ceil(f * block)`` of each of B <= ceil(f * n) blocks. So never more than ``2 * ceil(f * n)``, which
+    grows with n: an upper bound on n gives one on the eval split, before anything is tokenized."""
+    return 2 * math.ceil(eval_fraction * tokens)
+
+
 def _split(stream: np.ndarray, pieces: Pieces) -> tuple[np.ndarray, np.ndarray]:
     """(train, eval): the stream without the pieces, in order, and the pieces concatenated."""
     keep = np.ones(len(stream), dtype=bool)

@@ -41,6 +41,16 @@ from opmix.stages import evaluate_proxies, train_full, train_probe
 from opmix.workspace import open_workspace
 
 
+def planned_steps(cfg: ContinualConfig) -> list[str]:
+    """The run's steps in order, for ``opmix status`` (the guard's runs are conditional; grid runs not listed)."""
+    steps = ["s1_train"]
+    for k in range(2, len(cfg.domain_names) + 1):
+        steps += [f"s{k}_probe_old", f"s{k}_probe_new", f"s{k}_proxies", f"s{k}_propose"]
+        steps += [f"s{k}_guard_proposal", f"s{k}_guard_safe"] if cfg.method.guard.enabled else []
+        steps.append(f"s{k}_train")
+    return [*steps, "export_final_model"]
+
+
 def run(cfg: ContinualConfig, run_dir: RunDir) -> dict:
     started = time.perf_counter()
     run_dir.save_config(cfg.model_dump(mode="json"))  # a resumed run must use the same settings
@@ -81,6 +91,7 @@ def run(cfg: ContinualConfig, run_dir: RunDir) -> dict:
             own_components=[0] * (k - 1) + [1], prior=continual_prior(p, new, seen, method.prior_new_weight),
             expansion=stage_expansion(p, new, seen), kl_weight=method.proposer.kl_weight,
             law_settings=method.law.model_dump(), solver=method.proposer.solver, seed=cfg.seed, ledger=ws.ledger,
+            to_domains=lambda components: stage_mixture(components[new], p, new, seen),
         )
         x_new = proposal.components[new]
         w = stage_mixture(x_new, p, new, seen)

@@ -23,6 +23,18 @@ from opmix.stages import train_full, train_probe
 from opmix.workspace import open_workspace
 
 
+def planned_steps(cfg: ContinualConfig) -> list[str]:
+    """The run's steps in order, for ``opmix status``."""
+    K = len(cfg.domain_names)
+    if cfg.run == "retrain":
+        steps = ["s1_train", *(f"s{k}_retrain" for k in range(2, K + 1))]
+    elif cfg.run == "lora-merge":
+        steps = [step for k in range(1, K + 1) for step in (f"s{k}_lora", f"s{k}_merge")]
+    else:
+        steps = [f"s{k}_train" for k in range(1, K + 1)]
+    return [*steps, "export_final_model"]
+
+
 def run(cfg: ContinualConfig, run_dir: RunDir) -> dict:
     started = time.perf_counter()
     run_dir.save_config(cfg.model_dump(mode="json"))  # a resumed run must use the same settings

@@ -71,6 +71,7 @@ def run(cfg: PretrainConfig, run_dir: RunDir) -> dict:
         own_components=[components.index(d) for d in domains], prior=q, expansion=M,
         kl_weight=method.proposer.kl_weight, caps=caps, law_settings=method.law.model_dump(),
         solver=method.proposer.solver, seed=cfg.seed, ledger=ws.ledger,
+        to_domains=lambda components: expand(components, domains, p),
     )
     mixture = expand(proposal.components, domains, p)
     safe = expand(dict(zip(components, q)), domains, p)  # the prior's mixture: uniform under the default prior
@@ -99,6 +100,25 @@ def run(cfg: PretrainConfig, run_dir: RunDir) -> dict:
                  for name in cfg.baselines}
     return run_summary(ws, guard.mixture, proposal, guard, final_step="final", baselines=baselines,
                        started=started)
+
+
+def planned_steps(cfg: PretrainConfig) -> list[str]:
+    """The run's steps in order, for ``opmix status``. The guard's runs and a baseline that shares OP-Mix's run
+    are conditional: a finished run that did not need them lists them as skipped."""
+    names = [d.name for d in cfg.domains]
+    components = [OLD, *names]
+    steps = ["prefix", *(f"probe_{c}" for c in components), "proxies", "propose"]
+    steps += ["guard_proposal", "guard_safe"] if cfg.method.guard.enabled else []
+    steps += ["final", "export_final_model"]
+    for name in cfg.baselines:
+        if name == "swarm":
+            steps += [*(f"swarm_{i}" for i in range(cfg.swarm_k)), "swarm_propose", "swarm_final"]
+        elif name == "mergemix":
+            steps += [*(f"mergemix_{c}" for c in components), "mergemix_proxies", "mergemix_propose",
+                      "mergemix_final"]
+        else:
+            steps.append(name)
+    return steps
 
 
 def baseline_run(ws, name: str, weights: dict, prefix, schedule, end_step: int, guard, safe: dict) -> dict:

@@ -83,6 +83,7 @@ def mergemix_baseline(ws, cfg: PretrainConfig, prefix: Path, probe_data: Mapping
         own_components=[list(components).index(d) for d in domains], prior=q, expansion=M,
         kl_weight=method.proposer.kl_weight, caps=caps, law_settings=method.law.model_dump(),
         solver=method.proposer.solver, seed=cfg.seed, ledger=ws.ledger,
+        to_domains=lambda components: expand(components, domains, p),
     )
     mixture = expand(proposal.components, domains, p)
     train_full(ws, "mergemix_final", mixture, schedule, end_step=cfg.train.steps, start_from=prefix)

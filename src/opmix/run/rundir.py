@@ -226,6 +226,14 @@ class RunDir:
                     f"cannot read {path} ({exc})", "restore it, or start a new run with another --out"
                 ) from exc
             key, old_value, new_value = _first_difference(old, new, ignore)
+            if key == "train.steps" and (self.root / "summary.json").exists():
+                raise OpmixError(
+                    f"run directory {self.root} is a finished run of {old_value} steps; a finished run is not "
+                    f"extended to {new_value} (its learning rate has already decayed, so more steps would not be "
+                    "the run a longer budget gives)",
+                    f"train further from its model in a new run (model.path={self.root / 'final' / 'model'}, e.g. "
+                    "`opmix continual` to add data), or start a new run with the longer budget",
+                )
             if key is not None:
                 raise OpmixError(
                     f"run directory {self.root} was started with a different config: {key} is "

@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 
 from opmix.errors import OpmixError
+from opmix.progress import Progress
 from opmix.run.faults import fault_point
 from opmix.train.checkpoint import (
     load_rng,
@@ -100,27 +101,23 @@ class Trainer:
         on_step: Callable[[Trainer], None] | None = None,
     ) -> None:
         """Run optimizer steps until ``self.step == end_step``; checkpoint every ``checkpoint_every`` steps."""
-        from tqdm.auto import tqdm
-
         self.model.train()
-        progress = tqdm(
-            total=end_step - self.step, desc=self.stage, leave=False,
-            disable=None if self.accelerator.is_main_process else True,
-        )
+        progress = Progress(self.stage, end_step - self.step) if self.accelerator.is_main_process else None
         while self.step < end_step:
             started = time.perf_counter()
             loss = self._optimizer_step()
             self.seconds += time.perf_counter() - started
             self.step += 1
-            progress.update(1)
-            progress.set_postfix(loss=f"{loss:.3f}", refresh=False)
+            if progress is not None:
+                progress.update(1, loss=loss)
             if on_step is not None:
                 on_step(self)
             if checkpoint_dir is not None and checkpoint_every and self.step % checkpoint_every == 0:
                 if self.step < end_step:
                     self.save(checkpoint_dir)
             fault_point(f"step:{self.stage}")
-        progress.close()
+        if progress is not None:
+            progress.close()
 
     def _optimizer_step(self) -> float:
         with self._own_rng():

@@ -31,6 +31,25 @@ def test_overrides_and_relative_paths(tmp_path):
     assert cfg.domains[0].files[0] == tmp_path / "a.txt"
 
 
+def test_initial_mixture_is_stored_normalised(tmp_path):
+    # the saved config.yaml is cfg.model_dump(): it must hold the mixture the prefix trains on, not the raw weights
+    cfg = load_config(None, PretrainConfig, raw=_raw(method={"initial_mixture": {"a": 3, "b": 1}}))
+    assert cfg.method.initial_mixture == pytest.approx({"a": 0.75, "b": 0.25})
+    assert cfg.model_dump(mode="json")["method"]["initial_mixture"] == pytest.approx({"a": 0.75, "b": 0.25})
+    again = load_config(None, PretrainConfig, raw=cfg.model_dump(mode="json"))  # a resume reads it back unchanged
+    assert again.method.initial_mixture == cfg.method.initial_mixture
+
+
+@pytest.mark.parametrize("weights, match", [
+    ({"a": -1.0, "b": 2.0}, "negative"),
+    ({"a": 0.0, "b": 0.0}, "all weights are zero"),
+    ({"a": float("nan"), "b": 1.0}, "weight of 'a' is nan"),
+])
+def test_initial_mixture_that_cannot_be_normalised_is_an_error(weights, match):
+    with pytest.raises(OpmixError, match=match):
+        load_config(None, PretrainConfig, raw=_raw(method={"initial_mixture": weights}))
+
+
 def test_unknown_key_suggests_the_nearest():
     with pytest.raises(OpmixError, match=r"unknown config key 'train.stpes'.*did you mean 'train.steps'"):
         load_config(None, PretrainConfig, raw=_raw(train={"stpes": 3}))
