@@ -2,7 +2,7 @@
 
 Probes (LoRA adapters trained from the current model, one per data component) simulate candidate mixtures as
 weighted sums of their weight deltas; per-domain mixing laws fitted on those simulations feed a KL-regularised
-convex proposer; the full model trains on the proposed mixture. See SPEC.md and the README.
+convex proposer; the full model trains on the proposed mixture. See docs/METHOD.md and the README.
 
 Heavy modules (torch, transformers, cvxpy) are imported on first use of the names below.
 """

@@ -423,8 +423,9 @@ def prepare_domain(
         }
         write_json(entry / "meta.json", meta)  # written last: its presence means the entry is complete
         log.info(
-            "domain %r: tokenized %d train + %d eval tokens (%d eval pieces) in %.1fs",
-            name, len(streams.train), len(streams.eval), len(streams.eval_pieces), time.perf_counter() - started,
+            "domain %r: tokenized %d train + %d eval tokens (eval split in %d piece%s) in %.1fs",
+            name, len(streams.train), len(streams.eval), len(streams.eval_pieces),
+            "" if len(streams.eval_pieces) == 1 else "s", time.perf_counter() - started,
         )
     _check_sizes(name, meta["train_stream_tokens"], meta["eval_stream_tokens"], seq_len, eval_list is not None)
     train_seqs = _as_sequences(entry / "train.npy", seq_len)
