@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import logging
+import shutil
 import time
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
@@ -17,8 +18,9 @@ import numpy as np
 
 from opmix.data.sampler import MixtureSampler
 from opmix.eval import evaluate, mean_loss
+from opmix.probes.cache import probe_key, tokens_hash, train_settings
 from opmix.progress import Progress, format_seconds
-from opmix.run.atomic import write_csv
+from opmix.run.atomic import atomic_dir, write_csv
 from opmix.run.faults import fault_point
 from opmix.run.ledger import eval_flops, lora_train_flops, train_flops
 from opmix.train.checkpoint import load_trainer_checkpoint, resumable
@@ -92,6 +94,14 @@ def train_probe(
     adapter = ws.run.path(step, "adapter")
     if ws.run.is_done(step):
         return adapter
+    cached = _cached_probe(ws, step, base, mixture, adapter, {
+        "steps": steps, "lr": lr, "decay_fraction": decay_fraction, "lora": dict(lora),
+        "sampler_seed": ws.sampler_seed(sampler_offset), "world_size": ws.accelerator.num_processes,
+        "n_params": ws.n_params, "seq_len": int(next(iter(ws.train_sets().values())).shape[1]),
+        "train": train_settings(ws.train),
+    })
+    if cached is None:
+        return adapter
     model = make_probe(load_weights(ws, base), r=int(lora["r"]), alpha=lora["alpha"], dropout=lora["dropout"])
     sampler = MixtureSampler(ws.train_sets(), dict(mixture), ws.train.batch_size // ws.train.grad_accum,
                              seed=ws.sampler_seed(sampler_offset))
@@ -106,9 +116,37 @@ def train_probe(
         save_probe(trainer.unwrapped_model(), adapter)
     ws.accelerator.wait_for_everyone()
     flops = lora_train_flops(ws.n_params, lora_parameter_count(model), trainer.tokens_trained)
+    cache, key, source = cached
+    if cache is not None and ws.accelerator.is_main_process:
+        cost = {"flops": flops, "seconds": trainer.seconds, "tokens": trainer.tokens_trained}
+        cache.store(key, source, adapter, cost)
     ws.ledger.set(step, flops, trainer.seconds, trainer.tokens_trained)
     ws.run.mark_done(step, [adapter], info={"mixture": dict(mixture), "tokens": trainer.tokens_trained})
     return adapter
+
+
+def _cached_probe(ws: Workspace, step: str, base: Path, mixture: Mapping[str, float], adapter: Path,
+                  settings: dict) -> tuple | None:
+    """Serve the probe from the cache when it holds it (then None: the step is done), else (cache, key, source)
+    for storing the probe once trained (cache None when the run has no cache)."""
+    if ws.probe_cache is None:
+        return None, None, None
+    data = {name: tokens_hash(ws.domains[name].train, ws.domains[name].path) for name, w in mixture.items() if w > 0}
+    key, source = probe_key(base, mixture, data, settings)
+    hit = ws.probe_cache.lookup(key)
+    if hit is None:
+        return ws.probe_cache, key, source
+    cached_adapter, entry = hit
+    if ws.accelerator.is_main_process:
+        with atomic_dir(adapter) as tmp:
+            shutil.copytree(cached_adapter, tmp, dirs_exist_ok=True)
+    ws.accelerator.wait_for_everyone()
+    saved = float(entry.get("cost", {}).get("flops", 0.0))
+    log.info("%s: probe cache hit (%s), %.3g training FLOPs saved", step, cached_adapter.parent, saved)
+    ws.ledger.set(step, 0.0, 0.0, 0, saved_flops=saved)
+    ws.run.mark_done(step, [adapter], info={"mixture": dict(mixture), "tokens": 0, "cache": key,
+                                            "saved_flops": saved})
+    return None
 
 
 def evaluate_proxies(

@@ -10,7 +10,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from opmix.config.base import DataConfig, DomainConfig, ModelConfig, TrainConfig
+from opmix.config.base import (
+    DataConfig,
+    DomainConfig,
+    ModelConfig,
+    ProbeCacheConfig,
+    TrainConfig,
+)
 from opmix.data.cache import TokenizedDomain, max_eval_tokens, prepare_domain
 from opmix.data.readers import SourceCheck, inspect_sources
 from opmix.data.tokenizer import load_tokenizer
@@ -23,6 +29,7 @@ from opmix.model import (
     load_model,
     model_vocab_size,
 )
+from opmix.probes.cache import ProbeCache, cache_folder
 from opmix.run.ledger import ComputeLedger, count_params
 from opmix.run.rundir import RunDir
 from opmix.train.loop import make_accelerator
@@ -42,6 +49,7 @@ class Workspace:
     ledger: ComputeLedger
     n_params: int  # N for FLOPs (input embeddings excluded)
     notes: list[str] = field(default_factory=list)  # warnings collected for summary.json
+    probe_cache: ProbeCache | None = None  # trained probes kept by content, shared across runs (None: off)
 
     @property
     def domain_names(self) -> list[str]:
@@ -142,6 +150,7 @@ def open_workspace(
     data: DataConfig,
     train: TrainConfig,
     seed: int,
+    probe_cache: ProbeCacheConfig | None = None,
 ) -> Workspace:
     tokenizer = check_inputs(model, domains, data, tokenizer_spec)  # before tokenizing anything
     accelerator = make_accelerator(train.precision)  # also before: bf16 without CUDA is a bad input
@@ -188,4 +197,12 @@ def open_workspace(
         ledger=ComputeLedger(run.path("ledger.json")),
         n_params=n_params,
         notes=notes,
+        probe_cache=_probe_cache(probe_cache, run),
     )
+
+
+def _probe_cache(settings: ProbeCacheConfig | None, run: RunDir) -> ProbeCache | None:
+    folder = cache_folder(settings.enabled, settings.path, run.root) if settings is not None else None
+    if folder is not None:
+        log.debug("probe cache: %s", folder)
+    return ProbeCache(folder) if folder is not None else None

@@ -127,6 +127,16 @@ class LoraConfig(Section):
     dropout: float = Field(0.05, ge=0, lt=1, description="LoRA dropout on the adapted layers' inputs.")
 
 
+class ProbeCacheConfig(Section):
+    """Trained probes kept by content (the base weights, the mixture and the hashes of its token data, every probe
+    setting) and reused instead of trained again, across runs and updates."""
+
+    enabled: bool = Field(True, description="Look probes up in the cache and keep newly trained ones there.")
+    path: str | None = Field(
+        None, description="The cache folder, shared by every run that names it. Null: `opmix-probe-cache` beside "
+                          "the run directory (shared by the runs in the same folder).")
+
+
 class LawConfig(Section):
     """The fit of each mixing law `exp(c) + exp(t . x)` (multi-start L-BFGS on a Huber loss)."""
 

@@ -19,6 +19,7 @@ from opmix.config.base import (
     LawConfig,
     LoraConfig,
     ModelConfig,
+    ProbeCacheConfig,
     ProposerConfig,
     Section,
     TrainConfig,
@@ -55,6 +56,7 @@ class ContinualMethodConfig(Section):
         0.5, gt=0, lt=1, description="The prior q: the new domain gets this weight, the old domains share the rest "
                                      "in proportion to p. The prior's mixture is the guard's safe mixture (50/50).")
     lora: LoraConfig = Field(LoraConfig(), description="The probes' LoRA adapters.")
+    probe_cache: ProbeCacheConfig = Field(ProbeCacheConfig(), description="Reuse of probes already trained.")
     law: LawConfig = Field(LawConfig(), description="The fit of the mixing laws.")
     proposer: ProposerConfig = Field(ProposerConfig(), description="The convex program that picks the mixture.")
     guard: GuardConfig = Field(

@@ -14,6 +14,7 @@ from opmix.config.base import (
     LawConfig,
     LoraConfig,
     ModelConfig,
+    ProbeCacheConfig,
     ProposerConfig,
     Section,
     TrainConfig,
@@ -51,6 +52,7 @@ class PretrainMethodConfig(Section):
                                "0.5/m; `uniform`: 1/(m+1) each; `natural`: by train tokens, `old` taking the mean "
                                "size. Its mixture is also the guard's safe mixture.")
     lora: LoraConfig = Field(LoraConfig(), description="The probes' LoRA adapters.")
+    probe_cache: ProbeCacheConfig = Field(ProbeCacheConfig(), description="Reuse of probes already trained.")
     law: LawConfig = Field(LawConfig(), description="The fit of the mixing laws.")
     proposer: ProposerConfig = Field(ProposerConfig(), description="The convex program that picks the mixture.")
     guard: GuardConfig = Field(GuardConfig(), description="The real check of the proposal against the safe mixture.")

@@ -54,7 +54,8 @@ def planned_steps(cfg: ContinualConfig) -> list[str]:
 def run(cfg: ContinualConfig, run_dir: RunDir) -> dict:
     started = time.perf_counter()
     run_dir.save_config(cfg.model_dump(mode="json"))  # a resumed run must use the same settings
-    ws = open_workspace(run_dir, cfg.model, cfg.tokenizer, cfg.domains, cfg.data, cfg.train, cfg.seed)
+    ws = open_workspace(run_dir, cfg.model, cfg.tokenizer, cfg.domains, cfg.data, cfg.train, cfg.seed,
+                        cfg.method.probe_cache)
     method, order, S, t = cfg.method, cfg.domain_names, cfg.train.steps, cfg.train
     a = segment_points(method.n_proxies)
     r = effective_new_fraction(a, method.old_probe_share, method.new_probe_share)  # 0.1 + 0.8a

@@ -38,7 +38,8 @@ def planned_steps(cfg: ContinualConfig) -> list[str]:
 def run(cfg: ContinualConfig, run_dir: RunDir) -> dict:
     started = time.perf_counter()
     run_dir.save_config(cfg.model_dump(mode="json"))  # a resumed run must use the same settings
-    ws = open_workspace(run_dir, cfg.model, cfg.tokenizer, cfg.domains, cfg.data, cfg.train, cfg.seed)
+    ws = open_workspace(run_dir, cfg.model, cfg.tokenizer, cfg.domains, cfg.data, cfg.train, cfg.seed,
+                        cfg.method.probe_cache)
     b = cfg.baselines
     if cfg.run == "retrain":
         stages, checkpoint = _retrain(cfg, ws)

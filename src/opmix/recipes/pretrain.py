@@ -37,7 +37,8 @@ from opmix.workspace import open_workspace
 def run(cfg: PretrainConfig, run_dir: RunDir) -> dict:
     started = time.perf_counter()
     run_dir.save_config(cfg.model_dump(mode="json"))  # a resumed run must use the same settings
-    ws = open_workspace(run_dir, cfg.model, cfg.tokenizer, cfg.domains, cfg.data, cfg.train, cfg.seed)
+    ws = open_workspace(run_dir, cfg.model, cfg.tokenizer, cfg.domains, cfg.data, cfg.train, cfg.seed,
+                        cfg.method.probe_cache)
     method, domains, S = cfg.method, ws.domain_names, cfg.train.steps
     schedule = WSDSchedule.from_fractions(
         S, cfg.train.warmup_fraction, cfg.train.decay_fraction, cfg.train.final_lr_ratio

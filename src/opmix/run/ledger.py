@@ -14,6 +14,8 @@ The FLOPs formulas are the usual dense-transformer estimates with N = parameters
 The ledger file (``ledger.json``) keeps stages in the order they were first recorded::
 
     {"stages": [{"flops": 1.2e15, "seconds": 340.5, "stage": "prefix", "tokens": 100000000}, ...], "version": 1}
+
+A stage served from the probe cache records zero cost and, under ``saved_flops``, what training it would have cost.
 """
 
 from __future__ import annotations
@@ -53,10 +55,14 @@ class ComputeLedger:
         entry["tokens"] += int(tokens)
         self._save()
 
-    def set(self, stage: str, flops: float, seconds: float = 0.0, tokens: int = 0) -> None:
-        """Replace ``stage``'s totals (idempotent) and persist; its position in the order is kept."""
+    def set(self, stage: str, flops: float, seconds: float = 0.0, tokens: int = 0, saved_flops: float = 0.0) -> None:
+        """Replace ``stage``'s totals (idempotent) and persist; its position in the order is kept. ``saved_flops``:
+        the compute a cache hit spared (the stage's own ``flops`` are then what it really cost)."""
         _check(stage, flops, seconds, tokens)
+        _check(stage, saved_flops, 0.0, 0)
         self._stages[stage] = {"flops": float(flops), "seconds": float(seconds), "tokens": int(tokens)}
+        if saved_flops:
+            self._stages[stage]["saved_flops"] = float(saved_flops)
         self._save()
 
     def totals(self) -> dict[str, float]:
@@ -73,6 +79,9 @@ class ComputeLedger:
             "seconds": math.fsum(e["seconds"] for e in self._stages.values()),
             "tokens": sum(e["tokens"] for e in self._stages.values()),
         }
+        saved = math.fsum(e.get("saved_flops", 0.0) for e in self._stages.values())
+        if saved:
+            out["total"]["saved_flops"] = saved
         return out
 
     def _save(self) -> None:
@@ -87,6 +96,7 @@ class ComputeLedger:
                     "flops": float(row["flops"]),
                     "seconds": float(row["seconds"]),
                     "tokens": int(row["tokens"]),
+                    **({"saved_flops": float(row["saved_flops"])} if row.get("saved_flops") else {}),
                 }
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise OpmixError(
