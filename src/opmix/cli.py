@@ -1,5 +1,5 @@
-"""``opmix <command>``: pretrain, demo, check, continual, status, report, export. Bad input exits with code 2 and one line naming the problem and
-the fix."""
+"""``opmix <command>``: pretrain, demo, check, continual, update, status, report, export, fit. Bad input exits
+with code 2 and one line naming the problem and the fix."""
 
 from __future__ import annotations
 
@@ -69,6 +69,9 @@ EXAMPLES = {
     "export": "examples:\n  opmix export runs/mix1 --format hf --paths code=data/code.jsonl prose=data/prose.txt\n"
               "  opmix export runs/mix1 --format megatron --paths code=/data/code_text_document "
               "prose=/data/prose_text_document",
+    "update": "examples:\n  opmix update --from runs/mix1 --out runs/mix2 --add math=data/math.jsonl\n"
+              "  opmix update --from runs/mix2 --out runs/mix3 --partition web=news:data/news,forums:data/forums "
+              "--remove legacy --no-train",
     "fit": "examples:\n  opmix fit --ratios swarm/ratios.csv --metrics swarm/metrics.csv --out fits/swarm1\n"
            "  opmix fit --ratios r.csv --metrics m.csv --tokens tokens.csv --budget 1e12 --higher-is-better acc "
            "--predict new_mixes.csv --holdout 0.2 --out fits/swarm2",
@@ -140,6 +143,24 @@ def _parser() -> argparse.ArgumentParser:
     export.add_argument("--which", default="opmix", help="opmix (default) or a baseline of the run, e.g. erm")
     export.add_argument("--out", "-o", type=Path, default=None, help="write to this file instead of printing")
     export.set_defaults(handler=_export)
+
+    update = command("update", "reuse a finished run's mixture on a changed domain set (probes only for the change)")
+    update.add_argument("--from", dest="from_run", type=Path, required=True,
+                        help="the finished run (pretraining or update) whose final model and mixture to start from")
+    update.add_argument("--out", "-o", type=Path, required=True, help="the update's run directory (re-run to resume)")
+    update.add_argument("--add", action="append", default=[], metavar="NAME=PATH", help="a new domain")
+    update.add_argument("--remove", action="append", default=[], metavar="NAME", help="drop a domain")
+    update.add_argument("--partition", action="append", default=[], metavar="NAME=PART:PATH,PART:PATH",
+                        help="split a domain into parts, each with its files")
+    update.add_argument("--revise", action="append", default=[], metavar="NAME=PATH", help="new data for a domain")
+    update.add_argument("--changes", type=Path, default=None,
+                        help="YAML list of changes ({kind: add|remove|partition|revise, name, files, parts}), "
+                             "applied before the flags")
+    update.add_argument("--recompute", nargs="+", default=[], metavar="NAME",
+                        help="unchanged domains to search again (partial reuse)")
+    update.add_argument("--no-train", action="store_true", help="propose the mixture only")
+    update.add_argument("overrides", nargs="*", help="config overrides, e.g. train.steps=2000")
+    update.set_defaults(handler=_update)
 
     fit = command("fit", "fit mixing laws on an Olmix-style swarm (ratios + metrics CSVs) and propose a mixture")
     fit.add_argument("--ratios", type=Path, required=True, help="CSV: a run column, one column per domain")
@@ -251,7 +272,68 @@ def _write_report_safely(out: Path) -> Path | None:
 
 
 def _recipe_name(cfg) -> str:
-    return f"continual ({cfg.run})" if hasattr(cfg, "run") else "pretrain"
+    return f"continual ({cfg.run})" if hasattr(cfg, "run") else "update" if hasattr(cfg, "update") else "pretrain"
+
+
+def _update(args: argparse.Namespace) -> int:
+    from opmix.config import load_config
+    from opmix.config.update import UpdateConfig, parse_change, update_raw
+    from opmix.recipes import update
+
+    previous, mixture = _finished_run(args.from_run)
+    changes = _changes_file(args.changes) if args.changes else []
+    for kind in ("add", "remove", "partition", "revise"):
+        changes += [parse_change(kind, spec) for spec in getattr(args, kind)]
+    if not changes and not args.recompute:
+        raise OpmixError("no change given", "give --add, --remove, --partition, --revise, --changes or --recompute")
+    raw = update_raw(previous, str(args.from_run.resolve()), mixture, changes, args.recompute, not args.no_train)
+    cfg = load_config(None, UpdateConfig, list(args.overrides), raw=raw)
+    return _run_recipe(update.run, cfg, args.out, update.format_update)
+
+
+def _finished_run(run_dir: Path) -> tuple[dict, dict[str, float]]:
+    """A finished pretraining or update run's saved config and the mixture its final model trained on."""
+    import json
+
+    import yaml
+
+    summary, config = run_dir / "summary.json", run_dir / "config.yaml"
+    if not config.is_file():
+        raise OpmixError(f"--from {run_dir} is not an opmix run directory (no config.yaml)",
+                         "give the --out directory of a finished opmix pretrain or update run")
+    previous = yaml.safe_load(config.read_text())
+    if "run" in previous:
+        raise OpmixError(f"--from {run_dir} is a continual run", "give a pretraining or update run")
+    if not summary.is_file() or not (run_dir / "final" / "model").is_dir():
+        raise OpmixError(f"--from {run_dir} has not finished (no summary.json or final/model)",
+                         "finish it first (re-run its command), then update from it")
+    result = json.loads(summary.read_text())
+    if result.get("trained") is False:
+        raise OpmixError(f"--from {run_dir} was a --no-train update: it has no trained model",
+                         "update from a run that trained (run that update without --no-train)")
+    return previous, result["mixture"]
+
+
+def _changes_file(path: Path) -> list:
+    import yaml
+    from pydantic import ValidationError
+
+    from opmix.config.update import DomainChange
+
+    if not path.is_file():
+        raise OpmixError(f"--changes {path} does not exist", "give a YAML file with a list of changes")
+    items = yaml.safe_load(path.read_text()) or []
+    if not isinstance(items, list):
+        raise OpmixError(f"--changes {path} is not a YAML list", "write one `- {kind: ..., name: ...}` per change")
+    try:
+        changes = [DomainChange.model_validate(item) for item in items]
+    except ValidationError as error:
+        raise OpmixError(f"--changes {path}: {error.errors()[0]['msg']}",
+                         "each change is {kind: add|remove|partition|revise, name, files, parts}") from None
+    for change in changes:  # relative paths: from the changes file's folder
+        change.files = [str((path.parent / f).resolve()) for f in change.files]
+        change.parts = {k: [str((path.parent / f).resolve()) for f in v] for k, v in change.parts.items()}
+    return changes
 
 
 def _status(args: argparse.Namespace) -> int:

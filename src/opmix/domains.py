@@ -15,6 +15,7 @@ import numpy as np
 from opmix.errors import OpmixError
 
 OLD = "old"  # name of the collapsed old-mixture component
+EXISTING = "existing"  # an update's unchanged domains, collapsed at their previous relative weights (frozen)
 
 
 def normalize(weights: Mapping[str, float], what: str = "weights") -> dict[str, float]:
@@ -37,11 +38,12 @@ def uniform(domains: Sequence[str]) -> dict[str, float]:
 def expansion_matrix(
     components: Sequence[str], domains: Sequence[str], old_mixture: Mapping[str, float] | None
 ) -> np.ndarray:
-    """M with shape (n_domains, n_components): the ``OLD`` column holds p, every other column is an indicator."""
+    """M with shape (n_domains, n_components): the ``OLD`` (or ``EXISTING``) column holds p, every other column is
+    an indicator."""
     matrix = np.zeros((len(domains), len(components)))
     index = {d: i for i, d in enumerate(domains)}
     for j, component in enumerate(components):
-        if component == OLD:
+        if component in (OLD, EXISTING):
             if old_mixture is None:
                 raise ValueError("an 'old' component needs the old mixture p")
             for domain, weight in old_mixture.items():

@@ -91,11 +91,16 @@ def _plan(config: dict) -> tuple[str, list[str]]:
             cfg = load_config(None, ContinualConfig, raw=config)
             recipe = recipe_opmix if cfg.run in ("opmix", "grid") else continual_baselines
             return f"continual ({cfg.run})", recipe.planned_steps(cfg)
+        if "update" in config:
+            from opmix.config.update import UpdateConfig
+            from opmix.recipes import update
+
+            return "update", update.planned_steps(load_config(None, UpdateConfig, raw=config))
         from opmix.recipes import pretrain
 
         return "pretrain", pretrain.planned_steps(load_config(None, PretrainConfig, raw=config))
     except OpmixError:
-        return ("continual" if continual else "pretrain"), []
+        return ("continual" if continual else "update" if "update" in config else "pretrain"), []
 
 
 def _row(step: str, state: str, ledger: dict, marker: dict | None = None) -> dict:
