@@ -10,7 +10,8 @@ from opmix.eval import mean_loss
 from opmix.run.atomic import atomic_dir, write_json
 from opmix.stages import load_weights
 
-STAGE_GROUPS = {"prefix": "prefix", "probe_": "probes", "proxies": "proxy_eval", "propose": "fit_propose",
+STAGE_GROUPS = {"prefix": "prefix", "start": "prefix", "probe_": "probes", "proxies": "proxy_eval",
+                "propose": "fit_propose",
                 "guard_": "guard", "final": "final", "erm": "final", "natural": "final",
                 "swarm_": "swarm_search", "mergemix_": "mergemix_search"}
 BASELINE_NAMES = {"erm": "ERM", "natural": "natural", "swarm": "Swarm", "mergemix": "MergeMix"}

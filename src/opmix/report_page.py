@@ -28,7 +28,8 @@ from opmix.run.atomic import write_bytes, write_text
 log = logging.getLogger(__name__)
 
 # step name (the continual "s<k>_" prefix removed) -> group, first match wins
-_GROUPS = (("prefix", "prefix"), ("probe_", "probes"), ("proxies", "proxy_eval"), ("propose", "fit_propose"),
+_GROUPS = (("prefix", "prefix"), ("start", "prefix"), ("probe_", "probes"), ("proxies", "proxy_eval"),
+           ("propose", "fit_propose"),
            ("guard_", "guard"), ("final", "final"), ("train", "train"), ("retrain", "train"), ("lora", "lora"),
            ("grid_", "grid"), ("check_", "check"), ("erm", "baseline"), ("natural", "baseline"),
            ("swarm_", "swarm"), ("mergemix", "mergemix"))
