@@ -156,8 +156,8 @@ def _parser() -> argparse.ArgumentParser:
     update.add_argument("--changes", type=Path, default=None,
                         help="YAML list of changes ({kind: add|remove|partition|revise, name, files, parts}), "
                              "applied before the flags")
-    update.add_argument("--recompute", nargs="+", default=[], metavar="NAME",
-                        help="unchanged domains to search again (partial reuse)")
+    update.add_argument("--recompute", action="append", default=[], metavar="NAME[,NAME...]",
+                        help="unchanged domains to search again (partial reuse); repeat or comma-separate")
     update.add_argument("--no-train", action="store_true", help="propose the mixture only")
     update.add_argument("overrides", nargs="*", help="config overrides, e.g. train.steps=2000")
     update.set_defaults(handler=_update)
@@ -286,7 +286,8 @@ def _update(args: argparse.Namespace) -> int:
         changes += [parse_change(kind, spec) for spec in getattr(args, kind)]
     if not changes and not args.recompute:
         raise OpmixError("no change given", "give --add, --remove, --partition, --revise, --changes or --recompute")
-    raw = update_raw(previous, str(args.from_run.resolve()), mixture, changes, args.recompute, not args.no_train)
+    recompute = [name for item in args.recompute for name in item.split(",") if name]
+    raw = update_raw(previous, str(args.from_run.resolve()), mixture, changes, recompute, not args.no_train)
     cfg = load_config(None, UpdateConfig, list(args.overrides), raw=raw)
     return _run_recipe(update.run, cfg, args.out, update.format_update)
 

@@ -35,6 +35,9 @@ class UpdateSpec(Section):
     changes: list[DomainChange] = Field([], description="The changes, in order.")
     recompute: list[str] = Field([], description="Unchanged domains searched again, as if they had changed.")
     train: bool = Field(True, description="False (`--no-train`): propose the mixture only.")
+    n_proxies: int | None = Field(
+        None, ge=3, description="Proxies of the update's search. Null: twice the law's parameters, 2(k+1) for k "
+                                "components (an update searches few components, so it needs few proxies).")
 
 
 class UpdateConfig(PretrainConfig):
@@ -60,6 +63,16 @@ class UpdateConfig(PretrainConfig):
         revised = {c.name for c in self.update.changes if c.kind == "revise"}
         return [d.name for d in self.domains
                 if d.name not in previous or d.name in revised or d.name in self.update.recompute]
+
+    @property
+    def components(self) -> list[str]:
+        from opmix.domains import EXISTING
+
+        return ([EXISTING] if self.existing else []) + self.affected
+
+    @property
+    def update_proxies(self) -> int:
+        return self.update.n_proxies or 2 * (len(self.components) + 1)
 
     @property
     def existing(self) -> dict[str, float]:

@@ -4,7 +4,7 @@
     Existing: the unchanged domains at their previous relative weights p_U, one frozen component.
     Probes from the start, only for what changed: one `existing` probe on p_U, one per affected domain on
         0.9*Di + 0.1*p_U (new, revised, partition parts, and domains named by --recompute).
-    Proxies: Dirichlet(1) over {existing, affected...}, evaluated on every domain.
+    Proxies: 2(k+1) Dirichlet(1) samples over the k components {existing, affected...}, evaluated on every domain.
     Laws per domain, the proposer with the prior expanded to domains (KL on domain weights, M x), the guard.
     Final: S steps from the start on the chosen mixture (``update.train: false``: propose only).
 
@@ -38,8 +38,7 @@ def run(cfg: UpdateConfig, run_dir: RunDir) -> dict:
     method, domains, S = cfg.method, ws.domain_names, cfg.train.steps
     schedule = WSDSchedule.from_fractions(S, cfg.train.warmup_fraction, cfg.train.decay_fraction,
                                           cfg.train.final_lr_ratio)
-    existing, affected = cfg.existing, cfg.affected
-    components = ([EXISTING] if existing else []) + affected
+    existing, affected, components = cfg.existing, cfg.affected, cfg.components
     M = expansion_matrix(components, domains, existing or None)
     q = _component_prior(components)
     safe = expand(dict(zip(components, q)), domains, existing or None)
@@ -63,7 +62,7 @@ def run(cfg: UpdateConfig, run_dir: RunDir) -> dict:
             for i, c in enumerate(components)
         ]
         # 2. Proxies over the components, evaluated on every domain.
-        X = np.random.default_rng(cfg.seed).dirichlet(np.ones(len(components)), size=method.n_proxies)
+        X = np.random.default_rng(cfg.seed).dirichlet(np.ones(len(components)), size=cfg.update_proxies)
         Y = evaluate_proxies(ws, "proxies", start, adapters, components, X)
         # 3. Laws and proposal, KL on the expanded domain weights.
         own = [components.index(d) if d in affected else components.index(EXISTING) for d in domains]
@@ -91,8 +90,7 @@ def run(cfg: UpdateConfig, run_dir: RunDir) -> dict:
 
 
 def planned_steps(cfg: UpdateConfig) -> list[str]:
-    components = ([EXISTING] if cfg.existing else []) + cfg.affected
-    search = [*(f"probe_{c}" for c in components), "proxies", "propose"] if cfg.affected else []
+    search = [*(f"probe_{c}" for c in cfg.components), "proxies", "propose"] if cfg.affected else []
     guard = ["guard_proposal", "guard_safe"] if cfg.method.guard.enabled and cfg.affected else []
     return ["start", *search, *(guard + ["final", "export_final_model"] if cfg.update.train else [])]
 
