@@ -73,12 +73,12 @@ def run_chain(root: Path, args) -> list[dict]:
         domains = json.loads((previous / "summary.json").read_text())["mixture"]
         changed = {f.split("=")[0] for f in flags[1:]}
         unchanged = [d for d in domains if d not in changed]
-        common = ["update", "--from", str(previous), *flags, "-q", f"train.steps={args.update_steps}",
-                  f"method.probe_cache.path={root / 'probe-cache'}"]
+        common = ["update", "--from", str(previous), *flags, "-q"]
+        overrides = [f"train.steps={args.update_steps}", f"method.probe_cache.path={root / 'probe-cache'}"]
         everything = ["--recompute", ",".join(unchanged)] if unchanged else []
-        arm_flags = {"reuse": [], "recompute": everything,
-                     "uniform": [*everything,
-                                 "method.proposer.kl_weight=1e6", "method.guard.enabled=false"]}
+        arm_flags = {"reuse": [*overrides], "recompute": [*everything, *overrides],
+                     "uniform": [*everything, *overrides, "method.proposer.kl_weight=1e6",
+                                 "method.guard.enabled=false"]}
         row = {"update": f"{i}: {kind}"}
         for arm in ARMS:
             out = root / f"u{i}_{arm}"

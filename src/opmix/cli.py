@@ -280,20 +280,21 @@ def _update(args: argparse.Namespace) -> int:
     from opmix.config.update import UpdateConfig, parse_change, update_raw
     from opmix.recipes import update
 
-    previous, mixture = _finished_run(args.from_run)
+    previous, result = _finished_run(args.from_run)
     changes = _changes_file(args.changes) if args.changes else []
     for kind in ("add", "remove", "partition", "revise"):
         changes += [parse_change(kind, spec) for spec in getattr(args, kind)]
     if not changes and not args.recompute:
         raise OpmixError("no change given", "give --add, --remove, --partition, --revise, --changes or --recompute")
     recompute = [name for item in args.recompute for name in item.split(",") if name]
-    raw = update_raw(previous, str(args.from_run.resolve()), mixture, changes, recompute, not args.no_train)
+    raw = update_raw(previous, str(args.from_run.resolve()), result["mixture"], changes, recompute,
+                     not args.no_train, result.get("tokens_consumed"))
     cfg = load_config(None, UpdateConfig, list(args.overrides), raw=raw)
     return _run_recipe(update.run, cfg, args.out, update.format_update)
 
 
-def _finished_run(run_dir: Path) -> tuple[dict, dict[str, float]]:
-    """A finished pretraining or update run's saved config and the mixture its final model trained on."""
+def _finished_run(run_dir: Path) -> tuple[dict, dict]:
+    """A finished pretraining or update run's saved config and its summary."""
     import json
 
     import yaml
@@ -312,7 +313,7 @@ def _finished_run(run_dir: Path) -> tuple[dict, dict[str, float]]:
     if result.get("trained") is False:
         raise OpmixError(f"--from {run_dir} was a --no-train update: it has no trained model",
                          "update from a run that trained (run that update without --no-train)")
-    return previous, result["mixture"]
+    return previous, result
 
 
 def _changes_file(path: Path) -> list:

@@ -52,9 +52,14 @@ def stage_flops(ledger: Mapping[str, float], include: set[str], as_final: set[st
     return grouped
 
 
-def run_summary(ws, mixture, proposal, guard, final_step: str, baselines: Mapping[str, dict], started: float) -> dict:
+def run_summary(ws, mixture, proposal, guard, final_step: str, baselines: Mapping[str, dict], started: float,
+                repetition: dict | None = None) -> dict:
     """``summary.json``. OP-Mix's compute is every step but the baselines' own; the guard's check run that the
     final training continued counts as final training, the other one as the guard's cost.
+
+    ``tokens_consumed`` and ``epochs`` are those of the final model's whole run (prefix, the guard's check run it
+    continued, and the final training), over all processes; ``repetition`` (``opmix.repetition.Repetition.record``)
+    holds the repetition factor and the caps the proposer used.
 
     A baseline is ``{"mixture", "steps", "result_step"}`` and optionally ``"search_steps"``: its FLOPs are those of
     ``steps``, the search steps grouped as such and the others (the prefix aside) as final training. Its own steps,
@@ -72,8 +77,9 @@ def run_summary(ws, mixture, proposal, guard, final_step: str, baselines: Mappin
         "mean_eval_loss": mean_loss(final_info["eval_loss"]),
         "flops": stage_flops(flops, ours, continued),
         "elapsed_s": time.perf_counter() - started,
-        "tokens_consumed": final_info["tokens_consumed"],
-        "epochs": final_info["epochs"],
+        "tokens_consumed": final_info.get("tokens_consumed_total", final_info["tokens_consumed"]),
+        "epochs": final_info.get("epochs_total", final_info["epochs"]),
+        "repetition": repetition,
         "guard": guard.record,
         "warnings": [*ws.notes, *proposal.warnings, *guard.warnings],
         "laws": proposal.laws,

@@ -44,12 +44,13 @@ def propose_mixture(
     prior: np.ndarray,  # q over the rows of `expansion`
     expansion: np.ndarray,  # M (d, k)
     kl_weight: float = 0.05,  # lambda
-    caps: np.ndarray | None = None,
+    caps: np.ndarray | None = None,  # on the domain weights caps_expansion @ x (one per cap domain)
     law_settings: dict | None = None,
     solver: str = "CLARABEL",
     seed: int = 0,
     ledger: ComputeLedger | None = None,  # where the step's seconds and FLOPs go (the run's ``ws.ledger``)
     to_domains: Callable[[dict[str, float]], dict[str, float]] | None = None,  # components -> domain mixture
+    caps_expansion: np.ndarray | None = None,  # C (d, k) of the capped domains; default `expansion`
 ) -> Proposal:
     laws_path, proposal_path = run.path(step, "laws.json"), run.path(step, "proposal.json")
     if run.is_done(step):
@@ -62,7 +63,7 @@ def propose_mixture(
     warnings = proxy_count_warnings(X.shape[0], X.shape[1])
     warnings += law_warnings(laws, X, Y, list(components), list(eval_domains))
     T = np.stack([law.t_ for law in laws])  # (n, k)
-    proposer = KLProposer(kl_weight=kl_weight, caps=caps, solver=solver).fit(T, prior, expansion)
+    proposer = KLProposer(kl_weight=kl_weight, caps=caps, solver=solver).fit(T, prior, expansion, caps_expansion)
     law_rows = [{"domain": d, **law.to_dict(), "diagnostics": law_measures(law, X, Y[:, j])}
                 for j, (d, law) in enumerate(zip(eval_domains, laws))]
     seconds = time.perf_counter() - started
@@ -77,6 +78,8 @@ def propose_mixture(
         **({"domains": to_domains(proposal.components)} if to_domains is not None else {}),
         "warnings": warnings, "kl_weight": kl_weight,
         "prior": prior.tolist(), "objective": float(proposer.objective_), "seconds": seconds,
+        **({"caps": np.asarray(caps, dtype=float).tolist(), "capped_weights": proposer.capped_weights_.tolist()}
+           if caps is not None else {}),
     })
     if ledger is not None:
         ledger.set(step, flops, seconds)

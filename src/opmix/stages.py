@@ -70,11 +70,25 @@ def train_full(
     losses = evaluate(trainer.unwrapped_model(), ws.eval_sets(), ws.train.eval_batch_size)
     ws.ledger.set(step, train_flops(ws.n_params, tokens), trainer.seconds, tokens)
     log.info("%s: done in %s, mean eval loss %.4f", step, format_seconds(trainer.seconds), mean_loss(losses))
+    totals, epochs = _over_processes(ws, sampler)
     ws.run.mark_done(step, [checkpoint], info={
         "eval_loss": losses, "mixture": dict(mixture), "tokens": tokens, "end_step": end_step,
         "tokens_consumed": dict(sampler.tokens_consumed), "epochs": sampler.epochs(),
+        "tokens_consumed_total": totals, "epochs_total": epochs,
     })
     return checkpoint
+
+
+def _over_processes(ws: Workspace, sampler: MixtureSampler) -> tuple[dict[str, int], dict[str, float]]:
+    """Tokens of each domain consumed so far by every process together (each draws its own batches), and the
+    epochs they make: passes over the domain's train tokens. Cumulative over the run the step continues."""
+    counts = [dict(sampler.tokens_consumed)]
+    if ws.accelerator.num_processes > 1:
+        from accelerate.utils import gather_object
+
+        counts = gather_object(counts)
+    totals = {d: sum(c.get(d, 0) for c in counts) for d in sampler.names}
+    return totals, {d: totals[d] / sampler.domains[d].size for d in sampler.names}
 
 
 def train_probe(

@@ -83,6 +83,12 @@ class DataConfig(Section):
         "uint16", description="The dtype of raw `.bin` token files.")
     cache_dir: Path | None = Field(
         None, description="Where tokenized domains are cached as `.npy`. Null: `<run dir>/cache`.")
+    allow_repetition: bool = Field(
+        False, description="Train on mixtures that consume a domain more than `method.proposer.repetition_factor` "
+                           "(k) times its train tokens over the run. Off: such a mixture (a user-given "
+                           "`method.initial_mixture`, a fixed-mixture baseline, the guard's safe mixture) is refused "
+                           "with an error before training. On: it is trained, with a warning; the proposer's caps "
+                           "still apply.")
 
 
 class TrainConfig(Section):
@@ -152,9 +158,13 @@ class ProposerConfig(Section):
         0.05, ge=0, description="lambda: the weight of KL(M x || q), which pulls the mixture toward the prior q. "
                                 "0: no prior.")
     repetition_factor: float | None = Field(
-        None, gt=0, description="k of the Olmix caps `x_j <= k N_j / R` (N_j tokens available, R tokens the final "
-                                "training consumes). Null: no caps. Applied by the pretraining recipe; the "
-                                "continual recipe does not use caps.")
+        4.0, gt=0, description="k of the Olmix caps: over the whole run a domain is consumed at most k times its "
+                               "train tokens N_d. The proposer bounds each domain's expanded weight `(M x)_d <= "
+                               "(k N_d - U_d) / R`, with U_d the tokens of d earlier training of the same model "
+                               "already consumed (pretraining: the prefix; continual: the earlier stages) and R the "
+                               "tokens the training being planned consumes (all processes). A fixed mixture that "
+                               "would go past k is refused unless `data.allow_repetition`. Null: no caps and no "
+                               "check. Default 4, as Olmix.")
     solver: Literal["CLARABEL", "SCS"] = Field(
         "CLARABEL", description="The cvxpy solver tried first; the other one is the fallback.")
 

@@ -32,6 +32,9 @@ class UpdateSpec(Section):
     from_run: str = Field(description="The previous run directory (a pretraining run or an update).")
     base: str = Field(description="Its final trainer checkpoint: the probes and the training start from its weights.")
     previous_mixture: dict[str, float] = Field(description="The domain mixture the previous run trained on.")
+    previous_tokens: dict[str, float] = Field(
+        {}, description="Tokens of each domain the previous run's model consumed (counted against the repetition "
+                        "limit of unchanged domains; new, revised and partitioned data starts at 0).")
     changes: list[DomainChange] = Field([], description="The changes, in order.")
     recompute: list[str] = Field([], description="Unchanged domains searched again, as if they had changed.")
     train: bool = Field(True, description="False (`--no-train`): propose the mixture only.")
@@ -110,7 +113,7 @@ def _absolute(path: str) -> str:
 
 
 def update_raw(previous: dict, from_run: str, previous_mixture: dict[str, float], changes: list[DomainChange],
-               recompute: list[str], train: bool) -> dict:
+               recompute: list[str], train: bool, previous_tokens: dict[str, float] | None = None) -> dict:
     """The update's raw config: the previous run's settings, its final model, the changed domain list."""
     raw = {k: v for k, v in previous.items() if k != "update"}
     domains = [dict(d) for d in raw["domains"]]
@@ -142,7 +145,8 @@ def update_raw(previous: dict, from_run: str, previous_mixture: dict[str, float]
     raw.update(domains=domains, model={**model, "path": str(Path(from_run) / "final" / "model")},
                baseline="none", update={
                    "from_run": from_run, "base": str(Path(from_run) / "final" / "checkpoint"),
-                   "previous_mixture": previous_mixture, "changes": [c.model_dump() for c in changes],
+                   "previous_mixture": previous_mixture, "previous_tokens": dict(previous_tokens or {}),
+                   "changes": [c.model_dump() for c in changes],
                    "recompute": list(recompute), "train": train})
     raw.setdefault("method", {})["initial_mixture"] = None
     return raw

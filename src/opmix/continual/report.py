@@ -64,8 +64,9 @@ def stage_record(ws, stage: int, seen: Sequence[str], step: str, mixture: Mappin
     }
 
 
-def continual_summary(ws, method: str, stages: list[dict], started: float) -> dict:
-    """``summary.json``: the final mixture and losses (as the pretraining summary) plus every stage's record."""
+def continual_summary(ws, method: str, stages: list[dict], started: float, repetition: dict | None = None) -> dict:
+    """``summary.json``: the final mixture and losses (as the pretraining summary) plus every stage's record;
+    ``repetition``: the repetition factor and train tokens (each stage's record holds the caps it used)."""
     last = stages[-1]
     totals = {g: sum(s["flops"][g] for s in stages) for g in stages[0]["flops"]}
     summary = {
@@ -78,6 +79,7 @@ def continual_summary(ws, method: str, stages: list[dict], started: float) -> di
         "elapsed_s": time.perf_counter() - started,
         "warnings": [*ws.notes, *(w for s in stages for w in s["warnings"])],  # notes: e.g. a one-document eval split
         "stages": stages,
+        "repetition": repetition,
     }
     write_json(ws.run.path("summary.json"), summary)
     return summary

@@ -10,6 +10,16 @@ oracle from the same checkpoint at every stage (SPEC section 4).
       - guard (SPEC section 8): short real runs on w and on the prior's mixture; the better one is kept.
       - full training for the stage budget on w = x_old*p + x_new*e_k; then p <- w for the next stage.
       - each stage draws fresh (disjoint) data from every domain where the data allows.
+
+Repetition (``opmix.repetition``; decided: caps apply at every stage rather than the setting being refused, since
+every stage's marker records the tokens of each domain its run consumed so far): with k =
+``method.proposer.repetition_factor``, stage k's proposer bounds the stage's domain weights
+``w_d = (M x)_d <= (k N_d - U_d) / R_stage``, U_d the tokens of d stages 1..k-1 consumed (cumulative in the marker
+of s<k-1>_train: the model's whole run so far) and R_stage the tokens of one stage (all processes). Before any
+training the recipe checks that stage 1 (100% D1) stays within k N_1 and that every stage's caps can sum to 1
+(j stages of tokens fit in k times the data of D1..Dj); at every stage the guard's safe mixture and the mixture
+finally trained are checked before they are trained. Past k a run is refused, unless ``data.allow_repetition``.
+The grid oracle (``run: grid``) trains its fixed fractions unchecked: it measures, it does not choose.
 """
 
 from __future__ import annotations
@@ -32,8 +42,10 @@ from opmix.continual.segment import (
 from opmix.continual.training import StageSchedule
 from opmix.diagnostics import segment_warnings
 from opmix.domains import OLD
+from opmix.errors import OpmixError
 from opmix.guard import PROPOSAL, SAFE, guard_proposal, predicted_mean
 from opmix.law import laws_from_rows
+from opmix.repetition import Repetition, consumed, tokens_per_step
 from opmix.report import export_model
 from opmix.run.rundir import RunDir
 from opmix.search import propose_mixture
@@ -63,6 +75,10 @@ def run(cfg: ContinualConfig, run_dir: RunDir) -> dict:
     def schedule(k: int) -> StageSchedule:  # stage k's own WSD schedule over global steps (k-1)S .. kS
         return StageSchedule.for_stage((k - 1) * S, S, t.warmup_fraction, t.decay_fraction, t.final_lr_ratio)
 
+    repetition = Repetition.of(ws, method.proposer.repetition_factor, cfg.data.allow_repetition)
+    stage_tokens = S * tokens_per_step(ws, cfg.data.seq_len)  # R of one stage, all processes
+    check_stages(repetition, order, stage_tokens)  # before any training
+
     # Stage 1: 100% D1, from the starting model.
     p = {order[0]: 1.0}
     checkpoint = train_full(ws, "s1_train", p, schedule(1), end_step=S)
@@ -86,14 +102,20 @@ def run(cfg: ContinualConfig, run_dir: RunDir) -> dict:
                              eval_domains=seen)
         # Y: (P, k) eval losses on the seen domains D1..Dk
 
-        # 3-4. Laws on the effective fraction r, expanded prior, proposer: x = [x_old, x_new].
-        proposal = propose_mixture(
-            ws.run, f"s{k}_propose", law_coordinates(r), Y, [OLD, new], seen,
-            own_components=[0] * (k - 1) + [1], prior=continual_prior(p, new, seen, method.prior_new_weight),
-            expansion=stage_expansion(p, new, seen), kl_weight=method.proposer.kl_weight,
-            law_settings=method.law.model_dump(), solver=method.proposer.solver, seed=cfg.seed, ledger=ws.ledger,
-            to_domains=lambda components: stage_mixture(components[new], p, new, seen),
-        )
+        # 3-4. Laws on the effective fraction r, expanded prior, proposer: x = [x_old, x_new], the stage's domain
+        #      weights M x under the caps (k N_d - U_d) / R_stage.
+        used = consumed(ws.run.step_info(f"s{k - 1}_train"))  # the whole run so far: stages 1..k-1
+        try:
+            caps = repetition.caps(seen, used, stage_tokens)
+            proposal = propose_mixture(
+                ws.run, f"s{k}_propose", law_coordinates(r), Y, [OLD, new], seen,
+                own_components=[0] * (k - 1) + [1], prior=continual_prior(p, new, seen, method.prior_new_weight),
+                expansion=stage_expansion(p, new, seen), kl_weight=method.proposer.kl_weight, caps=caps,
+                law_settings=method.law.model_dump(), solver=method.proposer.solver, seed=cfg.seed,
+                ledger=ws.ledger, to_domains=lambda components: stage_mixture(components[new], p, new, seen),
+            )
+        except OpmixError as error:
+            raise OpmixError(f"stage {k} ({new}): {error.problem}", error.fix) from None
         x_new = proposal.components[new]
         w = stage_mixture(x_new, p, new, seen)
         warnings = proposal.warnings + segment_warnings(r, Y, seen)
@@ -101,8 +123,12 @@ def run(cfg: ContinualConfig, run_dir: RunDir) -> dict:
         # Guard (SPEC section 8): short real runs of this stage on w and on the prior's mixture (50/50 by default);
         # the stage continues the winner.
         r_safe, laws = method.prior_new_weight, laws_from_rows(proposal.laws)
+        safe = stage_mixture(r_safe, p, new, seen)
+        if method.guard.enabled:
+            repetition.check(f"stage {k}'s safe mixture (the prior's, {r_safe:g} new data), which the stage falls "
+                             "back to when the guard fires", used, safe, stage_tokens)
         guard = guard_proposal(
-            ws, f"s{k}_", checkpoint, w, stage_mixture(r_safe, p, new, seen), schedule(k), (k - 1) * S, k * S, seen,
+            ws, f"s{k}_", checkpoint, w, safe, schedule(k), (k - 1) * S, k * S, seen,
             predicted={PROPOSAL: predicted_mean(laws, [1 - x_new, x_new]),
                        SAFE: predicted_mean(laws, [1 - r_safe, r_safe])},
             law_warnings=warnings, settings=method.guard, check_favours_proposal=x_new > r_safe,
@@ -118,16 +144,35 @@ def run(cfg: ContinualConfig, run_dir: RunDir) -> dict:
         # 5. Full training for the stage budget on the chosen mixture, continuing the previous stage (weights,
         #    optimizer, data) through the guard's run of that mixture.
         w = guard.mixture
+        repetition.check(f"stage {k}'s mixture", used, w, stage_tokens)
         checkpoint = train_full(ws, f"s{k}_train", w, schedule(k), end_step=k * S, start_from=guard.start_from)
         record = stage_record(ws, k, seen, f"s{k}_train", w, {OLD: 1 - chosen_r, new: chosen_r},
                               warnings + guard.warnings, previous_step=f"s{k - 1}_train",
                               continued=guard.record.get("continued_step"),
                               proxies={"r": r.tolist(), "eval_loss": Y.tolist()}, proposed_r=x_new,
-                              guard=guard.record)
+                              guard=guard.record, caps=None if caps is None else dict(zip(seen, caps.tolist())))
         if grid is not None:
             record["grid"] = grid_report(grid, chosen_r, record["mean_eval_loss"], r, Y)
         stages.append(record)
         p = w  # carried to the next stage
 
     export_model(ws, checkpoint, ws.run.path("final", "model"))
-    return continual_summary(ws, cfg.run, stages, started)
+    return continual_summary(ws, cfg.run, stages, started, repetition=repetition.record())
+
+
+def check_stages(repetition: Repetition, order: list[str], stage_tokens: float) -> None:
+    """Before any training: stage 1 (100% D1 for a stage) stays within k N_1, and at every stage j the caps can
+    sum to 1 whatever the earlier stages chose: j stages of tokens fit in k times the train tokens of D1..Dj."""
+    repetition.check("stage 1 (100% of the first domain for a whole stage)", {}, {order[0]: 1.0}, stage_tokens)
+    if repetition.factor is None:
+        return
+    for j in range(2, len(order) + 1):
+        room = repetition.factor * sum(repetition.sizes[d] for d in order[:j]) - (j - 1) * stage_tokens
+        if room < stage_tokens:
+            raise OpmixError(
+                f"stage {j} ({order[j - 1]}): the caps sum to {max(room, 0.0) / stage_tokens:.4g} < 1: {j} stages "
+                f"consume {j * stage_tokens:.0f} tokens, more than k={repetition.factor:g} times the "
+                f"{sum(repetition.sizes[d] for d in order[:j]):.0f} train tokens of the domains seen by then",
+                "raise the repetition factor (method.proposer.repetition_factor; null turns the caps off), add data, "
+                "or shorten the stages (train.steps)",
+            )

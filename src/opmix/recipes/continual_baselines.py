@@ -6,6 +6,10 @@
                 the seen domains, uniform (or by size); its own WSD schedule over those k*S steps.
     lora-merge: at every stage a LoRA (OP-Mix's probe settings) trained for S steps on 100% new data from the
                 current model, then theta <- theta + scale * Delta instead of full training.
+
+Every baseline's mixtures are fixed in advance, so before any training each is checked against the repetition
+factor k (``opmix.repetition``): the stages of sequential / replay / fifty consume one run's data cumulatively,
+each retrain model and each LoRA its own. Past k N_d a run is refused, unless ``data.allow_repetition``.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from opmix.continual.report import continual_summary, stage_record
 from opmix.continual.segment import stage_mixture
 from opmix.continual.training import StageSchedule, merge_lora, start_checkpoint
 from opmix.domains import normalize, uniform
+from opmix.repetition import Repetition, plan, tokens_per_step
 from opmix.report import export_model
 from opmix.run.rundir import RunDir
 from opmix.stages import train_full, train_probe
@@ -40,16 +45,44 @@ def run(cfg: ContinualConfig, run_dir: RunDir) -> dict:
     run_dir.save_config(cfg.model_dump(mode="json"))  # a resumed run must use the same settings
     ws = open_workspace(run_dir, cfg.model, cfg.tokenizer, cfg.domains, cfg.data, cfg.train, cfg.seed,
                         cfg.method.probe_cache)
-    b = cfg.baselines
+    _check_repetition(cfg, ws)  # before any training
     if cfg.run == "retrain":
         stages, checkpoint = _retrain(cfg, ws)
     elif cfg.run == "lora-merge":
         stages, checkpoint = _lora_merge(cfg, ws)
     else:
-        fraction = {"sequential": 1.0, "replay": b.replay_new_fraction, "fifty": b.fifty_new_fraction}[cfg.run]
-        stages, checkpoint = _fixed(cfg, ws, fraction)
+        stages, checkpoint = _fixed(cfg, ws, _new_fraction(cfg))
     export_model(ws, checkpoint, ws.run.path("final", "model"))
     return continual_summary(ws, cfg.run, stages, started)
+
+
+def _check_repetition(cfg: ContinualConfig, ws) -> None:
+    """Each stage's planned consumption (weights x tokens) against k N_d, for the baseline ``cfg.run``."""
+    repetition = Repetition.of(ws, cfg.method.proposer.repetition_factor, cfg.data.allow_repetition)
+    order, R, b = cfg.domain_names, cfg.train.steps * tokens_per_step(ws, cfg.data.seq_len), cfg.baselines
+    if cfg.run == "retrain":  # at stage k, a model from scratch on k stages' worth of steps
+        for k in range(1, len(order) + 1):
+            seen = order[:k]
+            w = (normalize({d: ws.domains[d].train_tokens for d in seen}, "retrain mixture")
+                 if b.retrain_mixture == "natural" else uniform(seen))
+            repetition.check(f"the retrain baseline's model of stage {k}", {}, w, k * R)
+        return
+    if cfg.run == "lora-merge":  # every stage's LoRA draws S steps of its own domain, with its own sampler
+        for k, domain in enumerate(order, start=1):
+            repetition.check(f"the LoRA of stage {k} of the lora-merge baseline ({domain} alone)", {}, {domain: 1.0}, R)
+        return
+    fraction = _new_fraction(cfg)
+    p, used = {order[0]: 1.0}, {}
+    repetition.check(f"stage 1 of the {cfg.run} baseline (100% of {order[0]})", used, p, R)
+    for k in range(2, len(order) + 1):  # one run: the stages' consumption adds up
+        used = plan(used, p, R)
+        p = stage_mixture(fraction, p, order[k - 1], order[:k])
+        repetition.check(f"stage {k} of the {cfg.run} baseline", used, p, R)
+
+
+def _new_fraction(cfg: ContinualConfig) -> float:
+    b = cfg.baselines
+    return {"sequential": 1.0, "replay": b.replay_new_fraction, "fifty": b.fifty_new_fraction}[cfg.run]
 
 
 def _schedule(cfg: ContinualConfig, start: int, steps: int) -> StageSchedule:

@@ -6,6 +6,13 @@
     Prior q: old = 0.5, each domain 0.5/m (M = identity in this phase).
     Guard (SPEC section 8): short real runs on the proposal and on the prior's mixture; the better one is kept.
     Final: continue from the prefix checkpoint for the remaining 80% on the expanded mixture.
+
+Repetition (``opmix.repetition``): with k = ``method.proposer.repetition_factor`` the proposer bounds the final
+training's expanded domain weights, ``(M x)_d <= (k N_d - U_d) / R_final``, where U_d is what the prefix consumed
+of d (its step marker) and M the expansion ``[p | I]`` (``old`` draws from every domain in p's proportions). Before
+any training: the caps must be feasible (from the prefix's planned consumption), and p for the prefix, the guard's
+safe mixture and the ERM / natural baselines must stay within k N_d over the run, else the run is refused (unless
+``data.allow_repetition``). The mixture finally trained is checked again before the final training.
 """
 
 from __future__ import annotations
@@ -15,7 +22,7 @@ import time
 import numpy as np
 
 from opmix.config.pretrain import PretrainConfig
-from opmix.domains import OLD, expand, mix, normalize, uniform
+from opmix.domains import OLD, expand, expansion_matrix, mix, normalize, uniform
 from opmix.guard import (
     PROPOSAL,
     SAFE,
@@ -24,8 +31,8 @@ from opmix.guard import (
     total_variation,
 )
 from opmix.law import laws_from_rows
-from opmix.propose import repetition_caps
 from opmix.recipes.pretrain_baselines import mergemix_baseline, swarm_baseline
+from opmix.repetition import Repetition, consumed, plan, tokens_per_step
 from opmix.report import export_model, run_summary
 from opmix.run.rundir import RunDir
 from opmix.search import propose_mixture
@@ -44,13 +51,21 @@ def run(cfg: PretrainConfig, run_dir: RunDir) -> dict:
         S, cfg.train.warmup_fraction, cfg.train.decay_fraction, cfg.train.final_lr_ratio
     )
     p = normalize(method.initial_mixture or uniform(domains), "method.initial_mixture")
-    caps = _caps(cfg, ws)  # before any training: infeasible caps are a bad input, not a late failure
+    components = [OLD, *domains]
+    q, M = _prior(method.prior, components, ws), np.eye(len(components))
+    safe = expand(dict(zip(components, q)), domains, p)  # the prior's mixture: uniform under the default prior
+    repetition = Repetition.of(ws, method.proposer.repetition_factor, cfg.data.allow_repetition)
+    per_step = tokens_per_step(ws, cfg.data.seq_len)
+    final_tokens = (S - cfg.prefix_steps) * per_step  # R of the final training, all processes
+    _check_repetition(cfg, ws, repetition, p, safe, per_step)  # before any training: a bad input, not a late failure
 
     # 1. Prefix: p for 20% of S, ending in the flat phase of the run's one WSD schedule.
     prefix = train_full(ws, "prefix", p, schedule, end_step=cfg.prefix_steps)
+    used = consumed(ws.run.step_info("prefix"))  # tokens of each domain the prefix consumed
+    caps = repetition.caps(domains, used, final_tokens)  # (k N_d - U_d) / R_final on the expanded weights
+    capped = expansion_matrix(components, domains, p)  # domain weights of the components: M x with `old` = p
 
     # 2. Probes from the prefix: `old` on p, one per domain on 0.9*Di + 0.1*p; 2x rate, no warmup.
-    components = [OLD, *domains]
     probe_data = {OLD: p} | {
         d: mix([(method.domain_probe_share, {d: 1.0}), (1 - method.domain_probe_share, p)]) for d in domains
     }
@@ -65,17 +80,15 @@ def run(cfg: PretrainConfig, run_dir: RunDir) -> dict:
     X = np.random.default_rng(cfg.seed).dirichlet(np.ones(len(components)), size=method.n_proxies)  # (P, m+1)
     Y = evaluate_proxies(ws, "proxies", prefix, adapters, components, X)  # (P, m)
 
-    # 4. Laws and proposal: min (1/n) sum_j exp(t_j . x) + lambda KL(x || q).
-    q, M = _prior(method.prior, components, ws), np.eye(len(components))
+    # 4. Laws and proposal: min (1/n) sum_j exp(t_j . x) + lambda KL(x || q), the expanded weights under the caps.
     proposal = propose_mixture(
         ws.run, "propose", X, Y, components, domains,
         own_components=[components.index(d) for d in domains], prior=q, expansion=M,
         kl_weight=method.proposer.kl_weight, caps=caps, law_settings=method.law.model_dump(),
         solver=method.proposer.solver, seed=cfg.seed, ledger=ws.ledger,
-        to_domains=lambda components: expand(components, domains, p),
+        to_domains=lambda components: expand(components, domains, p), caps_expansion=capped,
     )
     mixture = expand(proposal.components, domains, p)
-    safe = expand(dict(zip(components, q)), domains, p)  # the prior's mixture: uniform under the default prior
 
     # 5. Guard (SPEC section 8): short real runs from the prefix on the proposal and on the prior's mixture; the
     #    final training continues the winner, so a user is never worse off than with the safe mixture.
@@ -87,20 +100,23 @@ def run(cfg: PretrainConfig, run_dir: RunDir) -> dict:
     )
 
     # 6. Final: continue the prefix (weights, optimizer, schedule) for the remaining 80% on the chosen mixture.
+    repetition.check("the final training's mixture", used, guard.mixture, final_tokens)
     final = train_full(ws, "final", guard.mixture, schedule, end_step=S, start_from=guard.start_from)
     export_model(ws, final, ws.run.path("final", "model"))
 
     # Baselines under the same budget. ERM keeps p, natural weighs by size: each continues the same prefix. Swarm
     # and MergeMix search for a mixture themselves (recipes/pretrain_baselines.py), their search counted as theirs.
     searched = {
-        "swarm": lambda: swarm_baseline(ws, cfg, safe, schedule),
-        "mergemix": lambda: mergemix_baseline(ws, cfg, prefix, probe_data, X, components, q, M, p, schedule, caps),
+        "swarm": lambda: swarm_baseline(ws, cfg, safe, schedule, repetition),
+        "mergemix": lambda: mergemix_baseline(ws, cfg, prefix, probe_data, X, components, q, M, p, schedule,
+                                              repetition, used),
     }
     baselines = {name: searched[name]() if name in searched else
                  baseline_run(ws, name, p if name == "erm" else natural(ws), prefix, schedule, S, guard, safe)
                  for name in cfg.baselines}
     return run_summary(ws, guard.mixture, proposal, guard, final_step="final", baselines=baselines,
-                       started=started)
+                       started=started, repetition=repetition.record(caps, domains, final_tokens=final_tokens,
+                                                                     prefix_tokens=used))
 
 
 def planned_steps(cfg: PretrainConfig) -> list[str]:
@@ -142,15 +158,26 @@ def natural(ws) -> dict[str, float]:
     return normalize({d: float(ws.domains[d].train_tokens) for d in ws.domain_names}, "natural mixture")
 
 
-def _caps(cfg: PretrainConfig, ws) -> np.ndarray | None:
-    """Olmix caps x_j <= k N_j / R (SPEC section 5); R = tokens the final training consumes, and `old`, which
-    draws from every domain, has all of their tokens available."""
-    k = cfg.method.proposer.repetition_factor
-    if k is None:
-        return None
-    consumed = (cfg.train.steps - cfg.prefix_steps) * cfg.train.batch_size * cfg.data.seq_len
-    sizes = [ws.domains[d].train_tokens for d in ws.domain_names]
-    return repetition_caps(np.array([sum(sizes), *sizes], dtype=float), consumed * ws.accelerator.num_processes, k)
+def _check_repetition(cfg: PretrainConfig, ws, repetition: Repetition, p: dict, safe: dict, per_step: int) -> None:
+    """Before any training, from the planned consumption (weights x tokens): the final training's caps are feasible
+    after the prefix (and the swarm's, from scratch), and no fixed mixture goes past k N_d over the run: p in the
+    prefix, the guard's safe mixture (the final training may fall back to it), the ERM and natural baselines."""
+    domains, S = ws.domain_names, cfg.train.steps
+    prefix_tokens, final_tokens = cfg.prefix_steps * per_step, (S - cfg.prefix_steps) * per_step
+    after_prefix = plan({}, p, prefix_tokens)
+    repetition.caps(domains, after_prefix, final_tokens)  # raises when the caps sum to less than 1
+    if "swarm" in cfg.baselines:
+        repetition.caps(domains, {}, S * per_step)
+    given = "method.initial_mixture" if cfg.method.initial_mixture else "the uniform mixture"
+    repetition.check(f"the prefix's mixture p ({given})", {}, p, prefix_tokens)
+    if cfg.method.guard.enabled:
+        repetition.check(f"the guard's safe mixture (the prior's, method.prior: {cfg.method.prior}), which the final "
+                         "training falls back to when the guard fires", after_prefix, safe, final_tokens)
+    if "erm" in cfg.baselines:
+        repetition.check(f"the ERM baseline ({given} for the whole run)", {}, p, S * per_step)
+    if "natural" in cfg.baselines:
+        repetition.check("the natural baseline (weights by train tokens after the prefix)", after_prefix,
+                         natural(ws), final_tokens)
 
 
 def _prior(kind: str, components: list[str], ws) -> np.ndarray:

@@ -9,6 +9,10 @@
               OP-Mix's proxy points; the same laws, prior and proposer; final training continues the prefix.
               Steps mergemix_<component>, mergemix_proxies, mergemix_propose, mergemix_final (plus the prefix).
 
+Caps (``opmix.repetition``): the swarm's final model trains from scratch for the whole budget, so its proposer's
+caps are ``k N_d / R_full``; MergeMix's final training continues the prefix, so its caps are OP-Mix's,
+``(k N_d - U_d) / R_final`` on the expanded weights. Each final mixture is checked against k before it is trained.
+
 Each returns ``{"mixture", "steps", "result_step", "search_steps"}`` for ``opmix.report.run_summary``: the FLOPs
 of ``steps`` are the baseline's, those in ``search_steps`` reported as its search, the rest as final training.
 """
@@ -23,8 +27,8 @@ import numpy as np
 import torch
 
 from opmix.config.pretrain import PretrainConfig
-from opmix.domains import expand
-from opmix.propose import repetition_caps
+from opmix.domains import expand, expansion_matrix
+from opmix.repetition import Repetition, tokens_per_step
 from opmix.search import propose_mixture
 from opmix.stages import evaluate_mixtures, load_weights, train_full
 from opmix.train.schedule import WSDSchedule
@@ -38,7 +42,8 @@ def swarm_mixtures(prior: Mapping[str, float], k: int, concentration: float, see
     return np.random.default_rng(seed).dirichlet(alpha, size=k)
 
 
-def swarm_baseline(ws, cfg: PretrainConfig, safe: Mapping[str, float], schedule: WSDSchedule) -> dict:
+def swarm_baseline(ws, cfg: PretrainConfig, safe: Mapping[str, float], schedule: WSDSchedule,
+                   repetition: Repetition | None = None) -> dict:
     """The swarm baseline (Olmix / RegMix style); ``safe`` is the prior's domain mixture."""
     domains, S, method = ws.domain_names, cfg.train.steps, cfg.method
     prior = {d: safe[d] for d in domains}
@@ -50,11 +55,8 @@ def swarm_baseline(ws, cfg: PretrainConfig, safe: Mapping[str, float], schedule:
         train_full(ws, step, dict(zip(domains, x.tolist())), short, end_step=cfg.swarm_steps, start_from=None,
                    sampler_offset=100 + i)
     Y = np.array([[ws.run.step_info(step)["eval_loss"][d] for d in domains] for step in steps])  # (K, m)
-    caps = None
-    if method.proposer.repetition_factor is not None:  # the final model consumes all S steps' tokens
-        sizes = np.array([ws.domains[d].train_tokens for d in domains], dtype=float)
-        consumed = S * cfg.train.batch_size * cfg.data.seq_len * ws.accelerator.num_processes
-        caps = repetition_caps(sizes, consumed, method.proposer.repetition_factor)
+    full_tokens = S * tokens_per_step(ws, cfg.data.seq_len)  # the final model trains from scratch on all of S
+    caps = None if repetition is None else repetition.caps(domains, {}, full_tokens)  # k N_d / R_full
     proposal = propose_mixture(
         ws.run, "swarm_propose", X, Y, domains, domains, own_components=list(range(len(domains))),
         prior=np.array(list(prior.values())), expansion=np.eye(len(domains)), kl_weight=method.proposer.kl_weight,
@@ -62,6 +64,8 @@ def swarm_baseline(ws, cfg: PretrainConfig, safe: Mapping[str, float], schedule:
         ledger=ws.ledger,
     )
     mixture = dict(proposal.components)
+    if repetition is not None:
+        repetition.check("the swarm baseline's final mixture", {}, mixture, full_tokens)
     train_full(ws, "swarm_final", mixture, schedule, end_step=S, start_from=None)
     search = [*steps, "swarm_propose"]
     return {"mixture": mixture, "steps": [*search, "swarm_final"], "result_step": "swarm_final",
@@ -70,9 +74,13 @@ def swarm_baseline(ws, cfg: PretrainConfig, safe: Mapping[str, float], schedule:
 
 def mergemix_baseline(ws, cfg: PretrainConfig, prefix: Path, probe_data: Mapping[str, Mapping[str, float]],
                       X: np.ndarray, components: Sequence[str], q: np.ndarray, M: np.ndarray,
-                      p: Mapping[str, float], schedule: WSDSchedule, caps: np.ndarray | None = None) -> dict:
-    """The MergeMix baseline: full models per component, weight-averaged into proxies at OP-Mix's points X."""
+                      p: Mapping[str, float], schedule: WSDSchedule, repetition: Repetition | None = None,
+                      used: Mapping[str, float] | None = None) -> dict:
+    """The MergeMix baseline: full models per component, weight-averaged into proxies at OP-Mix's points X;
+    ``used``: the tokens of each domain the prefix consumed (its final training continues the prefix)."""
     domains, method = ws.domain_names, cfg.method
+    final_tokens = (cfg.train.steps - cfg.prefix_steps) * tokens_per_step(ws, cfg.data.seq_len)
+    caps = None if repetition is None else repetition.caps(domains, used or {}, final_tokens)
     models = [f"mergemix_{c}" for c in components]
     # The run's schedule from the prefix step, continuing the prefix's optimizer and sampler: as the final training.
     checkpoints = [train_full(ws, step, probe_data[c], schedule, end_step=cfg.prefix_steps + cfg.probe_steps,
@@ -84,8 +92,11 @@ def mergemix_baseline(ws, cfg: PretrainConfig, prefix: Path, probe_data: Mapping
         kl_weight=method.proposer.kl_weight, caps=caps, law_settings=method.law.model_dump(),
         solver=method.proposer.solver, seed=cfg.seed, ledger=ws.ledger,
         to_domains=lambda components: expand(components, domains, p),
+        caps_expansion=expansion_matrix(components, domains, p),
     )
     mixture = expand(proposal.components, domains, p)
+    if repetition is not None:
+        repetition.check("the MergeMix baseline's final mixture", used or {}, mixture, final_tokens)
     train_full(ws, "mergemix_final", mixture, schedule, end_step=cfg.train.steps, start_from=prefix)
     search = [*models, "mergemix_proxies", "mergemix_propose"]
     return {"mixture": mixture, "steps": ["prefix", *search, "mergemix_final"], "result_step": "mergemix_final",

@@ -8,6 +8,10 @@
     Laws per domain, the proposer with the prior expanded to domains (KL on domain weights, M x), the guard.
     Final: S steps from the start on the chosen mixture (``update.train: false``: propose only).
 
+Repetition: each domain's expanded weight is capped at (k N_d - U_d) / R (R the update's training tokens, U_d what
+the previous model consumed of an unchanged domain's data; new, revised and partitioned data starts at 0), and the
+mixture trained is refused past k unless data.allow_repetition.
+
 Removal alone changes no data that is left: the mixture is p_U renormalised, with no search compute at all.
 """
 
@@ -21,6 +25,7 @@ from opmix.config.update import UpdateConfig
 from opmix.domains import EXISTING, expand, expansion_matrix, mix
 from opmix.guard import PROPOSAL, SAFE, guard_proposal, predicted_mean
 from opmix.law import laws_from_rows
+from opmix.repetition import Repetition, tokens_per_step
 from opmix.report import export_model, run_summary
 from opmix.run.atomic import write_json
 from opmix.run.rundir import RunDir
@@ -42,6 +47,12 @@ def run(cfg: UpdateConfig, run_dir: RunDir) -> dict:
     M = expansion_matrix(components, domains, existing or None)
     q = _component_prior(components)
     safe = expand(dict(zip(components, q)), domains, existing or None)
+
+    repetition = Repetition.of(ws, method.proposer.repetition_factor, cfg.data.allow_repetition)
+    revised = set(affected) | {c.name for c in cfg.update.changes if c.kind == "revise"}
+    used = {d: float(cfg.update.previous_tokens.get(d, 0.0)) for d in domains if d not in revised}
+    final_tokens = S * tokens_per_step(ws, cfg.data.seq_len)
+    caps = repetition.caps(domains, used, final_tokens)  # (k N_d - U_d) / R on the expanded weights
 
     # 0. The start: the previous model's weights with a fresh optimizer at step 0 (evaluated: "before").
     start = train_full(ws, "start", safe, schedule, end_step=0)
@@ -68,7 +79,7 @@ def run(cfg: UpdateConfig, run_dir: RunDir) -> dict:
         own = [components.index(d) if d in affected else components.index(EXISTING) for d in domains]
         proposal = propose_mixture(
             ws.run, "propose", X, Y, components, domains, own_components=own, prior=M @ q, expansion=M,
-            kl_weight=method.proposer.kl_weight, law_settings=method.law.model_dump(),
+            kl_weight=method.proposer.kl_weight, caps=caps, law_settings=method.law.model_dump(),
             solver=method.proposer.solver, seed=cfg.seed, ledger=ws.ledger,
             to_domains=lambda x: expand(x, domains, existing or None),
         )
@@ -81,6 +92,7 @@ def run(cfg: UpdateConfig, run_dir: RunDir) -> dict:
                  if laws else None)
     guard = guard_proposal(ws, "", start, mixture, safe if affected else mixture, schedule, 0, S, domains,
                            predicted=predicted, law_warnings=proposal.warnings, settings=method.guard)
+    repetition.check("the update's mixture", used, guard.mixture, final_tokens)
     final = train_full(ws, "final", guard.mixture, schedule, end_step=S, start_from=guard.start_from)
     export_model(ws, final, ws.run.path("final", "model"))
     summary = run_summary(ws, guard.mixture, proposal, guard, final_step="final", baselines={}, started=started)
