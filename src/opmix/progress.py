@@ -153,7 +153,7 @@ class Progress:
     def _write_state(self, force: bool = False, finished: bool = False) -> None:
         root = _settings["run_root"]
         now = time.perf_counter()
-        if root is None or not (force or now - self._last_write >= _WRITE_EVERY_S):
+        if root is None or not (force or now - self._last_write >= min(_WRITE_EVERY_S, _settings["interval"])):
             return
         self._last_write = now
         from opmix.run.atomic import write_json

@@ -41,8 +41,8 @@ def _states(status):
 def test_status_of_a_running_an_interrupted_and_a_finished_run(tmp_path, tiny_pretrain_base, capsys):
     config, out = _config(tmp_path, tiny_pretrain_base), tmp_path / "run"
 
-    # running: another process holds the run; the step it works on shows its progress
-    process = _start(config, out)
+    # running: another process holds the run (stopped at its third prefix step); that step shows its progress
+    process = _start(config, out, fault="hold@step:prefix:3")
     try:
         deadline, running = time.time() + 300, None
         while time.time() < deadline and process.poll() is None:
@@ -53,11 +53,11 @@ def test_status_of_a_running_an_interrupted_and_a_finished_run(tmp_path, tiny_pr
                     running = status
                     break
             time.sleep(0.2)
-        assert running is not None, "never saw the run working"
+        assert running is not None, f"never saw the run working (exit code {process.poll()})"
         assert running["pid"] == process.pid
         assert "pending" in _states(running).values()
         row = next(r for r in running["steps"] if r["state"] == "running")
-        assert 0 < row["progress"]["done"] <= row["progress"]["total"]
+        assert row["step"] == "prefix" and 0 < row["progress"]["done"] <= 3 <= row["progress"]["total"]
     finally:
         process.kill()
         process.wait()

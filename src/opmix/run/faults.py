@@ -1,5 +1,8 @@
 """Test-only crash injection: ``OPMIX_FAULT=<point>:<count>`` SIGKILLs the process at the count-th hit of a point.
 
+``OPMIX_FAULT=hold@<point>:<count>`` instead stops the process there until something kills it, so a test can look
+at a run caught mid-step (``opmix status`` on a running run) however fast the machine is.
+
 The fault test suite (``tests/faults``) uses it to prove that a run killed anywhere resumes to the same result. It
 is a no-op unless the variable is set. Several faults may be given, comma-separated; a point name may itself hold
 colons (``step:final:3`` is the point ``step:final``, count 3). Points in the code:
@@ -18,6 +21,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 
 ENV = "OPMIX_FAULT"
 _hits: dict[str, int] = {}
@@ -30,6 +34,10 @@ def fault_point(name: str) -> None:
         return
     _hits[name] = _hits.get(name, 0) + 1
     for fault in spec.split(","):
-        point, _, count = fault.strip().rpartition(":")
+        action, _, fault = fault.strip().rpartition("@")
+        point, _, count = fault.rpartition(":")
         if point == name and count.isdigit() and int(count) == _hits[name]:
+            if action == "hold":
+                while True:
+                    time.sleep(1.0)
             os.kill(os.getpid(), signal.SIGKILL)
