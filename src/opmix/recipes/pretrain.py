@@ -15,7 +15,7 @@ import time
 import numpy as np
 
 from opmix.config.pretrain import PretrainConfig
-from opmix.domains import OLD, expand, mix, normalize, uniform
+from opmix.domains import OLD, component_prior, expand, mix, normalize, uniform
 from opmix.guard import (
     PROPOSAL,
     SAFE,
@@ -24,6 +24,7 @@ from opmix.guard import (
     total_variation,
 )
 from opmix.law import laws_from_rows
+from opmix.probes.proxy import proxy_points
 from opmix.propose import repetition_caps
 from opmix.recipes.pretrain_baselines import mergemix_baseline, swarm_baseline
 from opmix.report import export_model, run_summary
@@ -61,11 +62,12 @@ def run(cfg: PretrainConfig, run_dir: RunDir) -> dict:
     ]
 
     # 3. Proxies: Dirichlet(1) samples over the m+1 components, evaluated on every domain's eval split.
-    X = np.random.default_rng(cfg.seed).dirichlet(np.ones(len(components)), size=method.n_proxies)  # (P, m+1)
+    X = proxy_points(len(components), method.n_proxies, seed=cfg.seed)  # (P, m+1)
     Y = evaluate_proxies(ws, "proxies", prefix, adapters, components, X)  # (P, m)
 
     # 4. Laws and proposal: min (1/n) sum_j exp(t_j . x) + lambda KL(x || q).
-    q, M = _prior(method.prior, components, ws), np.eye(len(components))
+    sizes = {d: ws.domains[d].train_tokens for d in domains}
+    q, M = component_prior(method.prior, components, sizes), np.eye(len(components))
     proposal = propose_mixture(
         ws.run, "propose", X, Y, components, domains,
         own_components=[components.index(d) for d in domains], prior=q, expansion=M,
@@ -151,13 +153,3 @@ def _caps(cfg: PretrainConfig, ws) -> np.ndarray | None:
     sizes = [ws.domains[d].train_tokens for d in ws.domain_names]
     return repetition_caps(np.array([sum(sizes), *sizes], dtype=float), consumed * ws.accelerator.num_processes, k)
 
-
-def _prior(kind: str, components: list[str], ws) -> np.ndarray:
-    m = len(components) - 1
-    if kind == "uniform":
-        return np.full(m + 1, 1.0 / (m + 1))
-    if kind == "natural":  # domain sizes, with `old` taking the mean size
-        sizes = np.array([ws.domains[d].train_tokens for d in components[1:]], dtype=float)
-        sizes = np.concatenate([[sizes.mean()], sizes])
-        return sizes / sizes.sum()
-    return np.array([0.5] + [0.5 / m] * m)  # SPEC default: old 0.5, each domain 0.5/m
