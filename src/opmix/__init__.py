@@ -38,6 +38,8 @@ _EXPORTS = {
     "expansion_matrix": "opmix.domains",
     "mix": "opmix.domains",
     "OLD": "opmix.domains",
+    # training with a mixture: a DataLoader dataset
+    "MixtureDataset": "opmix.data.mixture_dataset",
     # building blocks of the CLI recipes
     "OpmixError": "opmix.errors",
     "MixtureSampler": "opmix.data.sampler",
