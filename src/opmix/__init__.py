@@ -38,8 +38,9 @@ _EXPORTS = {
     "expansion_matrix": "opmix.domains",
     "mix": "opmix.domains",
     "OLD": "opmix.domains",
-    # training with a mixture: a DataLoader dataset
+    # training with a mixture: a DataLoader dataset, and re-mixing inside a Hugging Face Trainer run
     "MixtureDataset": "opmix.data.mixture_dataset",
+    "OPMixCallback": "opmix.callback",
     # building blocks of the CLI recipes
     "OpmixError": "opmix.errors",
     "MixtureSampler": "opmix.data.sampler",
