@@ -70,3 +70,29 @@ def mix(parts: Sequence[tuple[float, Mapping[str, float]]]) -> dict[str, float]:
         for domain, weight in mixture.items():
             out[domain] = out.get(domain, 0.0) + scale * weight
     return out
+
+
+def component_prior(kind: str, components: Sequence[str], sizes: Mapping[str, float] | None = None) -> np.ndarray:
+    """A prior over ``components`` (``OLD`` first, then domains), for the proposer with M = identity:
+
+    - ``default``: ``old`` 0.5 and each domain 0.5/m (the published pretraining prior: half on what the model has
+      been trained on, half spread over the domains, so it is centred on the current mixture);
+    - ``uniform``: 1/(m+1) each;
+    - ``natural``: proportional to ``sizes`` (train tokens per domain), ``old`` taking the mean size.
+    """
+    domains = [c for c in components if c != OLD]
+    if list(components) != [OLD, *domains] or not domains:
+        raise OpmixError(f"components must be {OLD!r} then at least one domain, got {list(components)}",
+                         f"put {OLD!r} first")
+    m = len(domains)
+    if kind == "uniform":
+        return np.full(m + 1, 1.0 / (m + 1))
+    if kind == "natural":
+        if sizes is None:
+            raise OpmixError("the natural prior needs the domains' sizes", "pass sizes={domain: train tokens}")
+        values = np.array([float(sizes[d]) for d in domains])
+        values = np.concatenate([[values.mean()], values])
+        return values / values.sum()
+    if kind == "default":
+        return np.array([0.5] + [0.5 / m] * m)
+    raise OpmixError(f"unknown prior {kind!r}", "use 'default', 'uniform' or 'natural'")

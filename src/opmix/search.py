@@ -33,6 +33,49 @@ class Proposal:
     laws: list[dict]
 
 
+@dataclass
+class Search:
+    """What one search found: the fitted laws (one per eval domain), the fitted proposer (``x_``,
+    ``domain_weights_``, ``objective_``), the component weights, the laws as JSON-safe rows (parameters, fit
+    errors, diagnostics) and the warnings about the proxies and the fits."""
+
+    laws: list
+    proposer: KLProposer
+    components: dict[str, float]
+    law_rows: list[dict]
+    warnings: list[str]
+
+
+def fit_and_propose(
+    X: np.ndarray,
+    Y: np.ndarray,
+    components: Sequence[str],
+    eval_domains: Sequence[str],
+    own_components: Sequence[int | None],
+    prior: np.ndarray,
+    expansion: np.ndarray | None = None,
+    kl_weight: float = 0.05,
+    caps: np.ndarray | None = None,
+    law_settings: dict | None = None,
+    solver: str = "CLARABEL",
+    seed: int = 0,
+    caps_expansion: np.ndarray | None = None,
+) -> Search:
+    """Laws on the proxies (``X`` (P, k) component weights, ``Y`` (P, n) eval losses), then the KL-regularised
+    proposal with ``prior`` over the rows of ``expansion`` (default: the identity, a prior over components);
+    ``caps`` bound the domain weights ``caps_expansion @ x`` (default ``expansion``)."""
+    X, Y = np.asarray(X, dtype=float), np.asarray(Y, dtype=float)
+    laws = fit_laws(X, Y, list(own_components), seed=seed, **(law_settings or {}))
+    warnings = proxy_count_warnings(X.shape[0], X.shape[1])
+    warnings += law_warnings(laws, X, Y, list(components), list(eval_domains))
+    T = np.stack([law.t_ for law in laws])  # (n, k)
+    M = np.eye(X.shape[1]) if expansion is None else expansion
+    proposer = KLProposer(kl_weight=kl_weight, caps=caps, solver=solver).fit(T, np.asarray(prior, dtype=float), M, caps_expansion)
+    law_rows = [{"domain": d, **law.to_dict(), "diagnostics": law_measures(law, X, Y[:, j])}
+                for j, (d, law) in enumerate(zip(eval_domains, laws))]
+    return Search(laws, proposer, {c: float(v) for c, v in zip(components, proposer.x_)}, law_rows, warnings)
+
+
 def propose_mixture(
     run: RunDir,
     step: str,
@@ -59,13 +102,10 @@ def propose_mixture(
     started = time.perf_counter()
     X, Y = np.asarray(X, dtype=float), np.asarray(Y, dtype=float)
     log.info("%s: fitting %d mixing laws on %d proxies, then the KL-regularised proposal", step, Y.shape[1], X.shape[0])
-    laws = fit_laws(X, Y, list(own_components), seed=seed, **(law_settings or {}))
-    warnings = proxy_count_warnings(X.shape[0], X.shape[1])
-    warnings += law_warnings(laws, X, Y, list(components), list(eval_domains))
-    T = np.stack([law.t_ for law in laws])  # (n, k)
-    proposer = KLProposer(kl_weight=kl_weight, caps=caps, solver=solver).fit(T, prior, expansion, caps_expansion)
-    law_rows = [{"domain": d, **law.to_dict(), "diagnostics": law_measures(law, X, Y[:, j])}
-                for j, (d, law) in enumerate(zip(eval_domains, laws))]
+    search = fit_and_propose(X, Y, components, eval_domains, own_components, prior, expansion, kl_weight=kl_weight,
+                             caps=caps, law_settings=law_settings, solver=solver, seed=seed,
+                             caps_expansion=caps_expansion)
+    laws, warnings, proposer, law_rows = search.laws, search.warnings, search.proposer, search.law_rows
     seconds = time.perf_counter() - started
     flops = sum(law_fit_flops(law.n_evaluations_, X.shape[0], X.shape[1]) for law in laws)
     flops += proposer_flops(len(laws), X.shape[1], np.shape(expansion)[0])

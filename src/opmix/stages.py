@@ -103,7 +103,8 @@ def train_probe(
     sampler_offset: int,
 ) -> Path:
     """A LoRA probe trained from the ``base`` checkpoint on ``mixture``: flat rate, no warmup, short decay."""
-    from opmix.probes.lora import lora_parameter_count, make_probe, save_probe
+    from opmix.probes.lora import lora_parameter_count, save_probe
+    from opmix.probes.training import probe_trainer
 
     adapter = ws.run.path(step, "adapter")
     if ws.run.is_done(step):
@@ -116,11 +117,12 @@ def train_probe(
     })
     if cached is None:
         return adapter
-    model = make_probe(load_weights(ws, base), r=int(lora["r"]), alpha=lora["alpha"], dropout=lora["dropout"])
-    sampler = MixtureSampler(ws.train_sets(), dict(mixture), ws.train.batch_size // ws.train.grad_accum,
-                             seed=ws.sampler_seed(sampler_offset))
-    schedule = WSDSchedule(steps, 0, round(decay_fraction * steps), ws.train.final_lr_ratio)
-    trainer = _trainer(ws, model, sampler, schedule, lr, step, ws.sampler_seed(sampler_offset))
+    t = ws.train
+    trainer = probe_trainer(load_weights(ws, base), ws.train_sets(), mixture, steps, lr, t.batch_size,
+                            ws.accelerator, lora=lora, decay_fraction=decay_fraction, final_lr_ratio=t.final_lr_ratio,
+                            weight_decay=t.weight_decay, betas=t.betas, grad_clip=t.grad_clip, grad_accum=t.grad_accum,
+                            seed=ws.sampler_seed(sampler_offset), stage=step)
+    model = trainer.unwrapped_model()
     checkpoint = ws.run.path(step, "checkpoint")
     log.info("%s: LoRA probe, %d steps on %s", step, steps, _fmt(mixture))
     if resumable(checkpoint):

@@ -17,7 +17,7 @@ from opmix.config.base import (
     ProbeCacheConfig,
     TrainConfig,
 )
-from opmix.data.cache import TokenizedDomain, max_eval_tokens, prepare_domain
+from opmix.data.cache import TokenizedDomain, load_domains, max_eval_tokens
 from opmix.data.readers import SourceCheck, inspect_sources
 from opmix.data.tokenizer import load_tokenizer
 from opmix.errors import OpmixError
@@ -155,22 +155,12 @@ def open_workspace(
     tokenizer = check_inputs(model, domains, data, tokenizer_spec)  # before tokenizing anything
     accelerator = make_accelerator(train.precision)  # also before: bf16 without CUDA is a bad input
     cache_dir = Path(data.cache_dir) if data.cache_dir else run.path("cache")
-    tokenized = {
-        d.name: prepare_domain(
-            d.name,
-            d.files,
-            tokenizer,
-            data.seq_len,
-            cache_dir,
-            eval_files=d.eval_files or None,
-            eval_fraction=data.eval_fraction,
-            text_field=d.text_field,
-            seed=seed,
-            bin_dtype=data.bin_dtype,
-            max_eval_sequences=data.max_eval_sequences,
-        )
-        for d in domains
-    }
+    tokenized = load_domains(
+        {d.name: d.files for d in domains}, tokenizer, data.seq_len, cache_dir,
+        eval_fraction=data.eval_fraction, eval_files={d.name: d.eval_files for d in domains if d.eval_files},
+        text_field={d.name: d.text_field for d in domains}, seed=seed, bin_dtype=data.bin_dtype,
+        max_eval_sequences=data.max_eval_sequences,
+    )
     notes = [warning for domain in tokenized.values() for warning in domain.warnings]
     for note in notes:
         log.warning("%s", note)

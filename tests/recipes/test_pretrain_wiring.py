@@ -12,7 +12,7 @@ import pytest
 
 from opmix import check as check_module
 from opmix.config import PretrainConfig, load_config
-from opmix.domains import expand
+from opmix.domains import component_prior, expand
 from opmix.law import laws_from_rows
 from opmix.recipes import pretrain
 from opmix.run.ledger import count_params
@@ -116,10 +116,10 @@ def test_proposer_gets_the_default_prior_and_erm_keeps_p(wired):
 
 def test_prior_options_give_their_vectors():
     ws = SimpleNamespace(domains={"a": SimpleNamespace(train_tokens=100), "b": SimpleNamespace(train_tokens=300)})
-    components = ["old", "a", "b"]
-    assert pretrain._prior("default", components, ws) == pytest.approx([0.5, 0.25, 0.25])
-    assert pretrain._prior("uniform", components, ws) == pytest.approx([1 / 3] * 3)
-    assert pretrain._prior("natural", components, ws) == pytest.approx([200 / 600, 100 / 600, 300 / 600])
+    components, sizes = ["old", "a", "b"], {"a": 100, "b": 300}
+    assert component_prior("default", components, sizes) == pytest.approx([0.5, 0.25, 0.25])
+    assert component_prior("uniform", components, sizes) == pytest.approx([1 / 3] * 3)
+    assert component_prior("natural", components, sizes) == pytest.approx([200 / 600, 100 / 600, 300 / 600])
     ws.domain_names = ["a", "b"]
     assert pretrain.natural(ws) == pytest.approx({"a": 0.25, "b": 0.75})  # the natural baseline: by size
 

@@ -45,6 +45,7 @@ import logging
 import math
 import re
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -433,3 +434,53 @@ def prepare_domain(
     eval_seqs = _eval_sequences(entry / "eval.npy", piece_lengths, seq_len, max_eval_sequences)
     return TokenizedDomain(name, train_seqs, eval_seqs, int(train_seqs.size), int(eval_seqs.size), entry,
                            warnings=_eval_warnings(name, meta))
+
+
+def load_domains(
+    domains,
+    tokenizer,
+    seq_len: int,
+    cache_dir,
+    eval_fraction: float = 0.05,
+    eval_files=None,
+    text_field="text",
+    seed: int = 0,
+    bin_dtype: str = "uint16",
+    max_eval_sequences: int | None = 256,
+) -> dict[str, TokenizedDomain]:
+    """Every domain of ``domains`` (name -> file, folder or list of them) tokenized and cached with its eval split:
+    ``prepare_domain`` for each, in order. ``tokenizer`` is a tokenizer or a spec for
+    ``opmix.data.tokenizer.load_tokenizer`` (``"builtin:bytes"``, a local directory). ``eval_files`` optionally
+    maps a domain name to its own held-out files (the others hold out ``eval_fraction`` of their data);
+    ``text_field`` (JSONL key / Parquet column) is one name for all, or a mapping domain -> name."""
+    from opmix.data.tokenizer import load_tokenizer
+
+    if not domains:
+        raise OpmixError("no domains given", "pass a mapping of domain name -> files, e.g. {'code': 'data/code'}")
+    if isinstance(tokenizer, (str, Path)):
+        tokenizer = load_tokenizer(tokenizer)
+    eval_files = dict(eval_files or {})
+    fields = dict(text_field) if isinstance(text_field, dict) else {name: text_field for name in domains}
+    for what, given in (("eval_files", eval_files), ("text_field", fields)):
+        unknown = sorted(set(given) - set(domains))
+        if unknown:
+            raise OpmixError(f"{what} name unknown domain(s) {unknown}; domains: {list(domains)}",
+                             f"key {what} by the domain names given")
+    return {
+        name: prepare_domain(
+            name, files, tokenizer, seq_len, cache_dir, eval_files=eval_files.get(name) or None,
+            eval_fraction=eval_fraction, text_field=fields.get(name, "text"), seed=seed, bin_dtype=bin_dtype,
+            max_eval_sequences=max_eval_sequences,
+        )
+        for name, files in domains.items()
+    }
+
+
+def train_sets(domains: Mapping) -> dict[str, np.ndarray]:
+    """name -> (n, seq_len) train sequences, from ``TokenizedDomain``s or arrays (taken as they are)."""
+    return {name: getattr(d, "train", d) for name, d in domains.items()}
+
+
+def eval_sets(domains: Mapping) -> dict[str, np.ndarray]:
+    """name -> (n, seq_len) eval sequences, from ``TokenizedDomain``s or arrays (taken as they are)."""
+    return {name: getattr(d, "eval", d) for name, d in domains.items()}

@@ -86,10 +86,12 @@ class MixtureSampler:
             out[mask] = self._permutation(name, int(epoch))[offsets[mask]]
         return out
 
-    def next_batch(self) -> tuple[torch.Tensor, dict[str, int]]:
-        """A (batch_size, seq_len) LongTensor and how many of its rows each domain supplied."""
-        choice = self._rng.choice(len(self.names), size=self.batch_size, p=self._probs)
-        rows = np.empty((self.batch_size, self.seq_len), dtype=np.int64)
+    def next_batch(self, size: int | None = None) -> tuple[torch.Tensor, dict[str, int]]:
+        """A (batch_size, seq_len) LongTensor (``size`` rows when given) and how many of its rows each domain
+        supplied. The draws are sequential: two batches of sizes a and b give the same rows as one of a + b."""
+        size = self.batch_size if size is None else int(size)
+        choice = self._rng.choice(len(self.names), size=size, p=self._probs)
+        rows = np.empty((size, self.seq_len), dtype=np.int64)
         counts: dict[str, int] = {}
         for k, name in enumerate(self.names):
             where = np.flatnonzero(choice == k)

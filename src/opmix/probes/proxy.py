@@ -17,6 +17,7 @@ import logging
 import math
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 from torch import nn
 from torch.nn.utils import parametrize
@@ -168,3 +169,32 @@ class ProxyModel:
             return self.model(*args, **kwargs)
         with self:
             return self.model(*args, **kwargs)
+
+
+def proxy_points(n_components: int, n_proxies: int, seed: int = 0, concentration: float = 1.0) -> np.ndarray:
+    """(n_proxies, n_components) mixtures to simulate: seeded Dirichlet(concentration) draws over the components
+    (the pretraining recipe's proxies: Dirichlet(1))."""
+    if n_components < 1 or n_proxies < 1:
+        raise OpmixError(f"need >= 1 component and >= 1 proxy, got {n_components} and {n_proxies}",
+                         "give at least one probe and one proxy")
+    return np.random.default_rng(seed).dirichlet(np.full(n_components, float(concentration)), size=n_proxies)
+
+
+def proxy_losses(model: nn.Module, probes: list[ProbeDelta], X, eval_sets, batch_size: int = 16) -> np.ndarray:
+    """Eval losses (P, n_domains) of the proxies ``theta_0 + sum_c X[p, c] Delta_c`` on each eval set (columns in
+    the order of ``eval_sets``), all in memory: ``model`` is the base model the probes were trained from (left
+    exactly as it was), ``X`` has one row per proxy and one column per probe."""
+    from opmix.eval import evaluate
+
+    X = np.atleast_2d(np.asarray(X, dtype=float))
+    if X.shape[1] != len(probes):
+        raise OpmixError(f"X has {X.shape[1]} columns for {len(probes)} probes",
+                         "give one column per probe, in the order of the probes")
+    names = list(eval_sets)
+    rows = []
+    with ProxyModel(model, probes) as proxy:
+        for x in X:
+            proxy.set_weights(x.tolist())
+            losses = evaluate(model, eval_sets, batch_size)
+            rows.append([losses[name] for name in names])
+    return np.array(rows)

@@ -22,7 +22,15 @@ import time
 import numpy as np
 
 from opmix.config.pretrain import PretrainConfig
-from opmix.domains import OLD, expand, expansion_matrix, mix, normalize, uniform
+from opmix.domains import (
+    OLD,
+    component_prior,
+    expand,
+    expansion_matrix,
+    mix,
+    normalize,
+    uniform,
+)
 from opmix.guard import (
     PROPOSAL,
     SAFE,
@@ -31,6 +39,7 @@ from opmix.guard import (
     total_variation,
 )
 from opmix.law import laws_from_rows
+from opmix.probes.proxy import proxy_points
 from opmix.recipes.pretrain_baselines import mergemix_baseline, swarm_baseline
 from opmix.repetition import Repetition, consumed, plan, tokens_per_step
 from opmix.report import export_model, run_summary
@@ -52,7 +61,8 @@ def run(cfg: PretrainConfig, run_dir: RunDir) -> dict:
     )
     p = normalize(method.initial_mixture or uniform(domains), "method.initial_mixture")
     components = [OLD, *domains]
-    q, M = _prior(method.prior, components, ws), np.eye(len(components))
+    sizes = {d: ws.domains[d].train_tokens for d in domains}
+    q, M = component_prior(method.prior, components, sizes), np.eye(len(components))
     safe = expand(dict(zip(components, q)), domains, p)  # the prior's mixture: uniform under the default prior
     repetition = Repetition.of(ws, method.proposer.repetition_factor, cfg.data.allow_repetition)
     per_step = tokens_per_step(ws, cfg.data.seq_len)
@@ -77,7 +87,7 @@ def run(cfg: PretrainConfig, run_dir: RunDir) -> dict:
     ]
 
     # 3. Proxies: Dirichlet(1) samples over the m+1 components, evaluated on every domain's eval split.
-    X = np.random.default_rng(cfg.seed).dirichlet(np.ones(len(components)), size=method.n_proxies)  # (P, m+1)
+    X = proxy_points(len(components), method.n_proxies, seed=cfg.seed)  # (P, m+1)
     Y = evaluate_proxies(ws, "proxies", prefix, adapters, components, X)  # (P, m)
 
     # 4. Laws and proposal: min (1/n) sum_j exp(t_j . x) + lambda KL(x || q), the expanded weights under the caps.
@@ -179,13 +189,3 @@ def _check_repetition(cfg: PretrainConfig, ws, repetition: Repetition, p: dict, 
         repetition.check("the natural baseline (weights by train tokens after the prefix)", after_prefix,
                          natural(ws), final_tokens)
 
-
-def _prior(kind: str, components: list[str], ws) -> np.ndarray:
-    m = len(components) - 1
-    if kind == "uniform":
-        return np.full(m + 1, 1.0 / (m + 1))
-    if kind == "natural":  # domain sizes, with `old` taking the mean size
-        sizes = np.array([ws.domains[d].train_tokens for d in components[1:]], dtype=float)
-        sizes = np.concatenate([[sizes.mean()], sizes])
-        return sizes / sizes.sum()
-    return np.array([0.5] + [0.5 / m] * m)  # SPEC default: old 0.5, each domain 0.5/m

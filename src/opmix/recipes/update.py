@@ -25,6 +25,7 @@ from opmix.config.update import UpdateConfig
 from opmix.domains import EXISTING, expand, expansion_matrix, mix
 from opmix.guard import PROPOSAL, SAFE, guard_proposal, predicted_mean
 from opmix.law import laws_from_rows
+from opmix.probes.proxy import proxy_points
 from opmix.repetition import Repetition, tokens_per_step
 from opmix.report import export_model, run_summary
 from opmix.run.atomic import write_json
@@ -73,7 +74,7 @@ def run(cfg: UpdateConfig, run_dir: RunDir) -> dict:
             for i, c in enumerate(components)
         ]
         # 2. Proxies over the components, evaluated on every domain.
-        X = np.random.default_rng(cfg.seed).dirichlet(np.ones(len(components)), size=cfg.update_proxies)
+        X = proxy_points(len(components), cfg.update_proxies, seed=cfg.seed)
         Y = evaluate_proxies(ws, "proxies", start, adapters, components, X)
         # 3. Laws and proposal, KL on the expanded domain weights.
         own = [components.index(d) if d in affected else components.index(EXISTING) for d in domains]
