@@ -88,7 +88,7 @@ def _over_processes(ws: Workspace, sampler: MixtureSampler) -> tuple[dict[str, i
 
         counts = gather_object(counts)
     totals = {d: sum(c.get(d, 0) for c in counts) for d in sampler.names}
-    return totals, {d: totals[d] / sampler.domains[d].size for d in sampler.names}
+    return totals, {d: totals[d] / (len(sampler.domains[d]) * sampler.seq_len) for d in sampler.names}
 
 
 def train_probe(

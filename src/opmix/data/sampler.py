@@ -33,11 +33,11 @@ class MixtureSampler:
             raise OpmixError("the sampler got no domains", "give at least one domain's train sequences")
         if batch_size < 1:
             raise OpmixError(f"batch_size must be >= 1, got {batch_size}", "give a positive batch size")
-        seq_lens = {name: arr.shape[1] for name, arr in domains.items() if arr.ndim == 2}
-        if len(seq_lens) != len(domains) or len(set(seq_lens.values())) != 1:
+        row_shapes = {name: tuple(arr.shape[1:]) for name, arr in domains.items() if arr.ndim >= 2}
+        if len(row_shapes) != len(domains) or len(set(row_shapes.values())) != 1:
             raise OpmixError(
-                f"domain arrays must all be (n_seqs, seq_len) with one seq_len; got "
-                f"{ {n: tuple(a.shape) for n, a in domains.items()} }",
+                f"domain arrays must all be (n_seqs, seq_len) (or (n, ..., seq_len) rows, as instruction examples) "
+                f"with one row shape; got { {n: tuple(a.shape) for n, a in domains.items()} }",
                 "tokenize every domain with the same seq_len",
             )
         for name, arr in domains.items():
@@ -47,7 +47,8 @@ class MixtureSampler:
         self.names = sorted(self.domains)  # fixed order: the categorical draw indexes into it
         self.batch_size = int(batch_size)
         self.seed = int(seed)
-        self.seq_len = next(iter(seq_lens.values()))
+        self.row_shape = next(iter(row_shapes.values()))
+        self.seq_len = self.row_shape[-1]  # tokens per row: a (3, T) instruction example counts T
         self._rng = np.random.default_rng([self.seed, 0])
         self._position = {name: 0 for name in self.names}  # sequences taken so far, over all epochs
         self.tokens_consumed = {name: 0 for name in self.names}
@@ -87,11 +88,12 @@ class MixtureSampler:
         return out
 
     def next_batch(self, size: int | None = None) -> tuple[torch.Tensor, dict[str, int]]:
-        """A (batch_size, seq_len) LongTensor (``size`` rows when given) and how many of its rows each domain
-        supplied. The draws are sequential: two batches of sizes a and b give the same rows as one of a + b."""
+        """A (batch_size, *row_shape) LongTensor (``size`` rows when given; row_shape is (seq_len,) for token
+        sequences) and how many of its rows each domain supplied. The draws are sequential: two batches of sizes a
+        and b give the same rows as one of a + b."""
         size = self.batch_size if size is None else int(size)
         choice = self._rng.choice(len(self.names), size=size, p=self._probs)
-        rows = np.empty((size, self.seq_len), dtype=np.int64)
+        rows = np.empty((size, *self.row_shape), dtype=np.int64)
         counts: dict[str, int] = {}
         for k, name in enumerate(self.names):
             where = np.flatnonzero(choice == k)

@@ -1,0 +1,1 @@
+"""Continual instruction tuning (SPEC section 3): task data, scorers, generation and the learners' batches."""
