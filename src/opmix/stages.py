@@ -17,12 +17,17 @@ from pathlib import Path
 import numpy as np
 
 from opmix.data.sampler import MixtureSampler
-from opmix.eval import evaluate, mean_loss
+from opmix.eval import mean_loss
 from opmix.probes.cache import probe_key, tokens_hash, train_settings
 from opmix.progress import Progress, format_seconds
 from opmix.run.atomic import atomic_dir, write_csv
 from opmix.run.faults import fault_point
-from opmix.run.ledger import eval_flops, lora_train_flops, train_flops
+from opmix.run.ledger import (
+    generation_flops,
+    lora_train_flops,
+    teacher_flops,
+    train_flops,
+)
 from opmix.train.checkpoint import load_trainer_checkpoint, resumable
 from opmix.train.loop import Trainer
 from opmix.train.schedule import WSDSchedule
@@ -67,16 +72,36 @@ def train_full(
     trainer.train_until(end_step, checkpoint, ws.train.checkpoint_every)
     trainer.save(checkpoint)
     tokens = trainer.tokens_trained
-    losses = evaluate(trainer.unwrapped_model(), ws.eval_sets(), ws.train.eval_batch_size)
-    ws.ledger.set(step, train_flops(ws.n_params, tokens), trainer.seconds, tokens)
+    measured = ws.measure(trainer.unwrapped_model())
+    losses = measured.values
+    flops = train_flops(ws.n_params, tokens)
+    ws.ledger.set(step, flops + learner_flops(ws, trainer), trainer.seconds, tokens,
+                  kinds={"train": flops, **learner_kinds(ws, trainer)})
     log.info("%s: done in %s, mean eval loss %.4f", step, format_seconds(trainer.seconds), mean_loss(losses))
     totals, epochs = _over_processes(ws, sampler)
     ws.run.mark_done(step, [checkpoint], info={
-        "eval_loss": losses, "mixture": dict(mixture), "tokens": tokens, "end_step": end_step,
+        "eval_loss": losses, **({"measures": measured.extra} if measured.extra else {}),
+        "mixture": dict(mixture), "tokens": tokens, "end_step": end_step,
         "tokens_consumed": dict(sampler.tokens_consumed), "epochs": sampler.epochs(),
         "tokens_consumed_total": totals, "epochs_total": epochs,
     })
     return checkpoint
+
+
+def learner_kinds(ws: Workspace, trainer: Trainer) -> dict[str, float]:
+    """Compute a learner spends besides training (SPEC section 6): self-distillation's generation (2 N per
+    generated token) and its teacher's forward passes (2 N per token), each counted on its own."""
+    learner = getattr(trainer, "learner", None)
+    kinds = {}
+    if getattr(learner, "generated_tokens", 0):
+        kinds["generation"] = generation_flops(ws.n_params, learner.generated_tokens)
+    if getattr(learner, "teacher_tokens", 0):
+        kinds["teacher"] = teacher_flops(ws.n_params, learner.teacher_tokens)
+    return kinds
+
+
+def learner_flops(ws: Workspace, trainer: Trainer) -> float:
+    return sum(learner_kinds(ws, trainer).values())
 
 
 def _over_processes(ws: Workspace, sampler: MixtureSampler) -> tuple[dict[str, int], dict[str, float]]:
@@ -113,7 +138,7 @@ def train_probe(
         "steps": steps, "lr": lr, "decay_fraction": decay_fraction, "lora": dict(lora),
         "sampler_seed": ws.sampler_seed(sampler_offset), "world_size": ws.accelerator.num_processes,
         "n_params": ws.n_params, "seq_len": int(next(iter(ws.train_sets().values())).shape[1]),
-        "train": train_settings(ws.train),
+        "train": train_settings(ws.train), **({"learner": ws.learner_settings} if ws.learner_settings else {}),
     })
     if cached is None:
         return adapter
@@ -121,7 +146,7 @@ def train_probe(
     trainer = probe_trainer(load_weights(ws, base), ws.train_sets(), mixture, steps, lr, t.batch_size,
                             ws.accelerator, lora=lora, decay_fraction=decay_fraction, final_lr_ratio=t.final_lr_ratio,
                             weight_decay=t.weight_decay, betas=t.betas, grad_clip=t.grad_clip, grad_accum=t.grad_accum,
-                            seed=ws.sampler_seed(sampler_offset), stage=step)
+                            seed=ws.sampler_seed(sampler_offset), stage=step, **_learner(ws))
     model = trainer.unwrapped_model()
     checkpoint = ws.run.path(step, "checkpoint")
     log.info("%s: LoRA probe, %d steps on %s", step, steps, _fmt(mixture))
@@ -134,9 +159,11 @@ def train_probe(
     flops = lora_train_flops(ws.n_params, lora_parameter_count(model), trainer.tokens_trained)
     cache, key, source = cached
     if cache is not None and ws.accelerator.is_main_process:
-        cost = {"flops": flops, "seconds": trainer.seconds, "tokens": trainer.tokens_trained}
+        cost = {"flops": flops + learner_flops(ws, trainer), "seconds": trainer.seconds,
+                "tokens": trainer.tokens_trained}
         cache.store(key, source, adapter, cost)
-    ws.ledger.set(step, flops, trainer.seconds, trainer.tokens_trained)
+    ws.ledger.set(step, flops + learner_flops(ws, trainer), trainer.seconds, trainer.tokens_trained,
+                  kinds={"train": flops, **learner_kinds(ws, trainer)})
     ws.run.mark_done(step, [adapter], info={"mixture": dict(mixture), "tokens": trainer.tokens_trained})
     return adapter
 
@@ -200,7 +227,6 @@ def evaluate_mixtures(
     evaluated) a function from a row to its model. Rows are appended to ``table`` as they finish, so an interrupted
     evaluation resumes at the next row; the step's evaluation FLOPs go to the ledger."""
     domains = list(eval_domains) if eval_domains is not None else ws.domain_names
-    eval_sets = {d: ws.domains[d].eval for d in domains}
     rows = _read_rows(table) if table.is_file() else []
     if ws.run.is_done(step) and len(rows) == len(X):
         return np.array([[float(r[f"loss_{d}"]) for d in domains] for r in rows])
@@ -208,30 +234,36 @@ def evaluate_mixtures(
     while kept < len(rows) and _matches(rows[kept], X, components, kept):
         kept += 1
     rows = rows[:kept]  # the rows of these mixtures, in order: evaluation resumes after the last of them
-    eval_tokens = sum(sequences.size for sequences in eval_sets.values())
     if len(rows) < len(X):
-        log.info("%s: evaluating %d mixtures on %d domains (%d tokens each)", step, len(X) - len(rows), len(domains),
-                 eval_tokens)
-    started = time.perf_counter()
+        log.info("%s: evaluating %d mixtures on %d domains", step, len(X) - len(rows), len(domains))
+    previous, kept = ws.run.step_info(step) or {}, len(rows)
+    started, flops, tokens = time.perf_counter(), 0.0, 0
     with models() as model_at, Progress(step, len(X) - len(rows), unit="proxy") as progress:
         for index in range(len(rows), len(X)):
-            losses = evaluate(model_at(X[index]), eval_sets, ws.train.eval_batch_size)
+            measured = ws.measure(model_at(X[index]), domains)
+            losses, flops, tokens = measured.values, flops + measured.flops, tokens + measured.tokens
             rows.append({"proxy": index, **{f"w_{c}": float(v) for c, v in zip(components, X[index])},
                          **{f"loss_{d}": losses[d] for d in domains}})
             write_csv(table, rows, list(rows[0]))
             progress.update(1, loss=float(np.mean(list(losses.values()))))
             fault_point("proxy")
-    previous = ws.run.step_info(step) or {}
     seconds = previous.get("seconds", 0.0) + time.perf_counter() - started
-    ws.ledger.set(step, eval_flops(ws.n_params, eval_tokens * len(X)), seconds, eval_tokens * len(X))
-    ws.run.mark_done(step, [table], info={"seconds": seconds})
+    if kept and len(X) > kept:  # rows evaluated before an interruption: counted at the mean cost of the others
+        flops, tokens = flops * len(X) / (len(X) - kept), round(tokens * len(X) / (len(X) - kept))
+    ws.ledger.set(step, flops, seconds, tokens)
+    ws.run.mark_done(step, [table], info={"seconds": seconds, "flops": flops, "tokens": tokens})
     return np.array([[float(r[f"loss_{d}"]) for d in domains] for r in rows])
 
 
 def _trainer(ws: Workspace, model, sampler, schedule, lr, stage, seed: int = 0) -> Trainer:
     t = ws.train
     return Trainer(model, sampler, schedule, lr, ws.accelerator, weight_decay=t.weight_decay, betas=t.betas,
-                   grad_clip=t.grad_clip, grad_accum=t.grad_accum, stage=stage, seed=seed)
+                   grad_clip=t.grad_clip, grad_accum=t.grad_accum, stage=stage, seed=seed, **_learner(ws))
+
+
+def _learner(ws: Workspace) -> dict:
+    learner = ws.new_learner()
+    return {} if learner is None else {"learner": learner}  # None: the loop's default, language modeling
 
 
 def _read_rows(path: Path) -> list[dict]:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,6 +21,7 @@ from opmix.data.cache import TokenizedDomain, load_domains, max_eval_tokens
 from opmix.data.readers import SourceCheck, inspect_sources
 from opmix.data.tokenizer import load_tokenizer
 from opmix.errors import OpmixError
+from opmix.eval import evaluate
 from opmix.model import (
     builtin_model,
     check_causal_lm_dir,
@@ -30,11 +31,22 @@ from opmix.model import (
     model_vocab_size,
 )
 from opmix.probes.cache import ProbeCache, cache_folder
-from opmix.run.ledger import ComputeLedger, count_params
+from opmix.run.ledger import ComputeLedger, count_params, eval_flops
 from opmix.run.rundir import RunDir
 from opmix.train.loop import make_accelerator
 
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class Measured:
+    """A model measured on some domains: the metric per domain (lower is better), its FLOPs and tokens, and any
+    further figures per domain (``extra``: e.g. accuracy and generated tokens for instruction tasks)."""
+
+    values: dict[str, float]
+    flops: float
+    tokens: int
+    extra: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -50,6 +62,11 @@ class Workspace:
     n_params: int  # N for FLOPs (input embeddings excluded)
     notes: list[str] = field(default_factory=list)  # warnings collected for summary.json
     probe_cache: ProbeCache | None = None  # trained probes kept by content, shared across runs (None: off)
+    # What a training step optimises and how a model is measured: language modeling and per-domain eval loss by
+    # default; the instruction recipe gives its learner (SFT, SDFT) and its metric (error rate or response loss).
+    learner: Callable[[], object] | None = None  # a fresh learner per trainer (it may hold state, e.g. an EMA)
+    metric: Callable[[torch.nn.Module, list[str]], Measured] | None = None
+    learner_settings: dict = field(default_factory=dict)  # part of a probe's cache key (empty: language modeling)
 
     @property
     def domain_names(self) -> list[str]:
@@ -60,6 +77,19 @@ class Workspace:
 
     def eval_sets(self) -> dict[str, np.ndarray]:
         return {name: d.eval for name, d in self.domains.items()}
+
+    def new_learner(self):
+        return self.learner() if self.learner is not None else None
+
+    def measure(self, model: torch.nn.Module, domains: Sequence[str] | None = None) -> Measured:
+        """The run's metric (lower is better) on the eval split of each of ``domains`` (default: all), and the
+        compute it took: per-domain eval loss unless the recipe set ``metric``."""
+        names = list(domains) if domains is not None else self.domain_names
+        if self.metric is not None:
+            return self.metric(model, names)
+        sets = {d: self.domains[d].eval for d in names}
+        tokens = sum(int(s.size) for s in sets.values())
+        return Measured(evaluate(model, sets, self.train.eval_batch_size), eval_flops(self.n_params, tokens), tokens)
 
     def sampler_seed(self, offset: int) -> int:
         # each data-parallel process draws its own batches

@@ -18,7 +18,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from opmix.eval import evaluate
 from opmix.run.atomic import atomic_dir
 from opmix.stages import load_weights
 from opmix.train.checkpoint import STATE, save_trainer_checkpoint
@@ -92,6 +91,6 @@ def merge_lora(ws, step: str, base: Path, adapter: Path, scale: float = 1.0) -> 
         weight = modules[name].weight
         weight.add_((scale * delta.delta(name)).to(weight.dtype))  # delta is laid out like the weight
     _save_weights(model, checkpoint, step)
-    losses = evaluate(model, ws.eval_sets(), ws.train.eval_batch_size)
+    losses = ws.measure(model).values
     ws.run.mark_done(step, [checkpoint], info={"scale": scale, "eval_loss": losses})
     return checkpoint

@@ -7,6 +7,7 @@ The FLOPs formulas are the usual dense-transformer estimates with N = parameters
 - LoRA training ``4 N T + 6 N_lora T``: frozen weights still need the forward (2) and the gradient with respect to
   their inputs (2), but not the weight gradient (2); the adapter itself is trained in full;
 - evaluation ``2 N T``; generation ``2 N`` per generated token (prompt tokens are evaluation: use ``eval_flops``);
+  self-distillation's teacher ``2 N`` per token it reads (``teacher_flops``), counted apart from training;
 - fitting the laws and proposing (``law_fit_flops`` + ``proposer_flops``): an estimate counted from the fit's
   actual objective evaluations, plus a rough bound for the proposer's small convex program. Tiny next to any
   training stage, but recorded, with its seconds, so that no stage of the method is left out of the ledger.
@@ -55,14 +56,18 @@ class ComputeLedger:
         entry["tokens"] += int(tokens)
         self._save()
 
-    def set(self, stage: str, flops: float, seconds: float = 0.0, tokens: int = 0, saved_flops: float = 0.0) -> None:
+    def set(self, stage: str, flops: float, seconds: float = 0.0, tokens: int = 0, saved_flops: float = 0.0,
+            kinds: dict[str, float] | None = None) -> None:
         """Replace ``stage``'s totals (idempotent) and persist; its position in the order is kept. ``saved_flops``:
-        the compute a cache hit spared (the stage's own ``flops`` are then what it really cost)."""
+        the compute a cache hit spared (the stage's own ``flops`` are then what it really cost). ``kinds``: the
+        stage's FLOPs by kind when it spent more than one (training, generation, teacher), kept only then."""
         _check(stage, flops, seconds, tokens)
         _check(stage, saved_flops, 0.0, 0)
         self._stages[stage] = {"flops": float(flops), "seconds": float(seconds), "tokens": int(tokens)}
         if saved_flops:
             self._stages[stage]["saved_flops"] = float(saved_flops)
+        if kinds and len([v for v in kinds.values() if v]) > 1:
+            self._stages[stage]["kinds"] = {k: float(v) for k, v in kinds.items()}
         self._save()
 
     def totals(self) -> dict[str, float]:
@@ -97,6 +102,7 @@ class ComputeLedger:
                     "seconds": float(row["seconds"]),
                     "tokens": int(row["tokens"]),
                     **({"saved_flops": float(row["saved_flops"])} if row.get("saved_flops") else {}),
+                    **({"kinds": {k: float(v) for k, v in row["kinds"].items()}} if row.get("kinds") else {}),
                 }
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise OpmixError(
@@ -131,6 +137,11 @@ def eval_flops(n_params: int, tokens: int) -> float:
 def generation_flops(n_params: int, generated_tokens: int) -> float:
     """Generation: ``2 N`` per generated token (the KV cache makes each new token one forward of one position)."""
     return 2.0 * n_params * generated_tokens
+
+
+def teacher_flops(n_params: int, tokens: int) -> float:
+    """Self-distillation's teacher: one forward, ``2 N`` per token of its context and the student's sample."""
+    return 2.0 * n_params * tokens
 
 
 _LBFGS_FLOPS_PER_PARAM = 80  # two-loop recursion: 10 stored pairs x (dot + axpy, 2 ways) ~ 8 flops per entry each
