@@ -7,7 +7,7 @@ same checkpoint (the one the method being judged starts the stage from), with se
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -24,12 +24,15 @@ def grid_step(stage: int, r: float, seed: int) -> str:
 
 
 def sweep_grid(ws, stage: int, start_from: Path, p: Mapping[str, float], new: str, seen: Sequence[str],
-               fractions: Sequence[float], seeds: int, schedule, end_step: int) -> dict[float, list[dict]]:
-    """Full training at every r in ``fractions`` (``seeds`` runs each) from ``start_from``; r -> per-seed losses
-    on the seen domains. Seed 0 continues the checkpoint's own data stream; seed j > 0 a re-drawn copy of it."""
+               fractions: Sequence[float], seeds: int, schedule_for: Callable) -> dict[float, list[dict]]:
+    """Full training at every r in ``fractions`` (``seeds`` runs each) from ``start_from``, each on the stage's
+    schedule for its mixture (``schedule_for(mixture)``, a ``StageSchedule``); r -> per-seed losses on the seen
+    domains. Seed 0 continues the checkpoint's own data stream; seed j > 0 a re-drawn copy of it."""
     out: dict[float, list[dict]] = {}
     for r in fractions:
         mixture = stage_mixture(r, p, new, seen)
+        schedule = schedule_for(mixture)
+        end_step = schedule.end
         runs = []
         for seed in range(seeds):
             branch = start_from if seed == 0 else reseed_branch(

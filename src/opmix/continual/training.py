@@ -43,6 +43,21 @@ class StageSchedule:
         return self.wsd(step - self.start)
 
 
+@dataclass(frozen=True)
+class FixedStages:
+    """Continual midtraining's stage lengths: every stage ``steps`` optimizer steps, every probe ``probe_steps``.
+    (Instruction tuning's stages instead last one epoch of the new task: ``opmix.instruct.budget``.)"""
+
+    stage_steps: int
+    probe_length: int
+
+    def steps(self, stage: int, mixture, new: str) -> int:
+        return self.stage_steps
+
+    def probe_steps(self, stage: int, new: str) -> int:
+        return self.probe_length
+
+
 def reseed_branch(source: Path, target: Path, seed: int) -> Path:
     """A copy of a trainer checkpoint whose data sampler draws its domain choices from a new RNG stream.
 

@@ -25,6 +25,7 @@ The grid oracle (``run: grid``) trains its fixed fractions unchecked: it measure
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 from opmix.config.continual import ContinualConfig
 from opmix.continual.grid import grid_report, sweep_grid
@@ -39,7 +40,7 @@ from opmix.continual.segment import (
     stage_expansion,
     stage_mixture,
 )
-from opmix.continual.training import StageSchedule
+from opmix.continual.training import FixedStages, StageSchedule
 from opmix.diagnostics import segment_warnings
 from opmix.domains import OLD
 from opmix.errors import OpmixError
@@ -68,20 +69,33 @@ def run(cfg: ContinualConfig, run_dir: RunDir) -> dict:
     run_dir.save_config(cfg.model_dump(mode="json"))  # a resumed run must use the same settings
     ws = open_workspace(run_dir, cfg.model, cfg.tokenizer, cfg.domains, cfg.data, cfg.train, cfg.seed,
                         cfg.method.probe_cache)
-    method, order, S, t = cfg.method, cfg.domain_names, cfg.train.steps, cfg.train
+    budget = FixedStages(cfg.train.steps, cfg.probe_steps)
+    repetition = Repetition.of(ws, cfg.method.proposer.repetition_factor, cfg.data.allow_repetition)
+    stage_tokens = cfg.train.steps * tokens_per_step(ws, cfg.data.seq_len)  # R of one stage, all processes
+    check_stages(repetition, cfg.domain_names, stage_tokens)  # before any training
+    stages, checkpoint = run_stages(cfg, ws, budget, repetition, stage_tokens)
+    export_model(ws, checkpoint, ws.run.path("final", "model"))
+    return continual_summary(ws, cfg.run, stages, started, repetition=repetition.record())
+
+
+def run_stages(cfg, ws, budget, repetition: Repetition, stage_tokens: float) -> tuple[list[dict], Path]:
+    """The stage loop, shared with continual instruction tuning (``opmix.recipes.instruct``: tasks for domains,
+    its learner and metric in ``ws``, its stage lengths in ``budget``). Returns the stage records and the last
+    checkpoint."""
+    method, order, t = cfg.method, cfg.domain_names, cfg.train
     a = segment_points(method.n_proxies)
     r = effective_new_fraction(a, method.old_probe_share, method.new_probe_share)  # 0.1 + 0.8a
+    ends = [0]  # global step at the end of each stage: stage k runs ends[k-1] .. ends[k]
 
-    def schedule(k: int) -> StageSchedule:  # stage k's own WSD schedule over global steps (k-1)S .. kS
-        return StageSchedule.for_stage((k - 1) * S, S, t.warmup_fraction, t.decay_fraction, t.final_lr_ratio)
-
-    repetition = Repetition.of(ws, method.proposer.repetition_factor, cfg.data.allow_repetition)
-    stage_tokens = S * tokens_per_step(ws, cfg.data.seq_len)  # R of one stage, all processes
-    check_stages(repetition, order, stage_tokens)  # before any training
+    def schedule(k: int, mixture) -> StageSchedule:  # stage k's own WSD schedule over its global steps
+        steps = budget.steps(k, mixture, order[k - 1])
+        return StageSchedule.for_stage(ends[k - 1], steps, t.warmup_fraction, t.decay_fraction, t.final_lr_ratio)
 
     # Stage 1: 100% D1, from the starting model.
     p = {order[0]: 1.0}
-    checkpoint = train_full(ws, "s1_train", p, schedule(1), end_step=S)
+    first = schedule(1, p)
+    checkpoint = train_full(ws, "s1_train", p, first, end_step=first.end)
+    ends.append(first.end)
     stages = [stage_record(ws, 1, order[:1], "s1_train", p)]
 
     for k in range(2, len(order) + 1):
@@ -90,17 +104,17 @@ def run(cfg: ContinualConfig, run_dir: RunDir) -> dict:
         # 1. Probes from the current checkpoint: old on 0.9p + 0.1Dk, new on 0.1p + 0.9Dk; 2x rate, no warmup.
         data = probe_mixtures(p, new, method.old_probe_share, method.new_probe_share)
         adapters = [
-            train_probe(ws, f"s{k}_probe_{name}", checkpoint, data[c], cfg.probe_steps,
+            train_probe(ws, f"s{k}_probe_{name}", checkpoint, data[c], budget.probe_steps(k, new),
                         lr=method.probe_lr_multiplier * t.lr, decay_fraction=method.probe_decay_fraction,
                         lora=method.lora.model_dump(), sampler_offset=1000 * k + i)
             for i, (name, c) in enumerate([("old", OLD), ("new", new)])
         ]
 
-        # 2. Proxies theta_0 + (1-a) Delta_old + a Delta_new, evaluated on the eval split of every seen domain.
+        # 2. Proxies theta_0 + (1-a) Delta_old + a Delta_new, measured on the eval split of every seen domain.
         Y = evaluate_proxies(ws, f"s{k}_proxies", checkpoint, adapters, ["probe_old", "probe_new"],
                              proxy_weights(a), table=ws.run.path(f"s{k}_proxies", "proxies.csv"),
                              eval_domains=seen)
-        # Y: (P, k) eval losses on the seen domains D1..Dk
+        # Y: (P, k) metric (eval loss, or an instruction task's error rate) on the seen domains D1..Dk
 
         # 3-4. Laws on the effective fraction r, expanded prior, proposer: x = [x_old, x_new], the stage's domain
         #      weights M x under the caps (k N_d - U_d) / R_stage.
@@ -121,14 +135,15 @@ def run(cfg: ContinualConfig, run_dir: RunDir) -> dict:
         warnings = proposal.warnings + segment_warnings(r, Y, seen)
 
         # Guard (SPEC section 8): short real runs of this stage on w and on the prior's mixture (50/50 by default);
-        # the stage continues the winner.
+        # the stage continues the winner. Its runs share the stage's schedule: only for stages of fixed length.
         r_safe, laws = method.prior_new_weight, laws_from_rows(proposal.laws)
         safe = stage_mixture(r_safe, p, new, seen)
         if method.guard.enabled:
             repetition.check(f"stage {k}'s safe mixture (the prior's, {r_safe:g} new data), which the stage falls "
                              "back to when the guard fires", used, safe, stage_tokens)
+        stage = schedule(k, w)
         guard = guard_proposal(
-            ws, f"s{k}_", checkpoint, w, safe, schedule(k), (k - 1) * S, k * S, seen,
+            ws, f"s{k}_", checkpoint, w, safe, stage, stage.start, stage.end, seen,
             predicted={PROPOSAL: predicted_mean(laws, [1 - x_new, x_new]),
                        SAFE: predicted_mean(laws, [1 - r_safe, r_safe])},
             law_warnings=warnings, settings=method.guard, check_favours_proposal=x_new > r_safe,
@@ -139,13 +154,15 @@ def run(cfg: ContinualConfig, run_dir: RunDir) -> dict:
         grid = None
         if cfg.run == "grid":
             b = cfg.baselines
-            grid = sweep_grid(ws, k, checkpoint, p, new, seen, b.grid, b.grid_seeds, schedule(k), k * S)
+            grid = sweep_grid(ws, k, checkpoint, p, new, seen, b.grid, b.grid_seeds, lambda m: schedule(k, m))
 
         # 5. Full training for the stage budget on the chosen mixture, continuing the previous stage (weights,
         #    optimizer, data) through the guard's run of that mixture.
         w = guard.mixture
+        stage = schedule(k, w)
         repetition.check(f"stage {k}'s mixture", used, w, stage_tokens)
-        checkpoint = train_full(ws, f"s{k}_train", w, schedule(k), end_step=k * S, start_from=guard.start_from)
+        checkpoint = train_full(ws, f"s{k}_train", w, stage, end_step=stage.end, start_from=guard.start_from)
+        ends.append(stage.end)
         record = stage_record(ws, k, seen, f"s{k}_train", w, {OLD: 1 - chosen_r, new: chosen_r},
                               warnings + guard.warnings, previous_step=f"s{k - 1}_train",
                               continued=guard.record.get("continued_step"),
@@ -155,9 +172,7 @@ def run(cfg: ContinualConfig, run_dir: RunDir) -> dict:
             record["grid"] = grid_report(grid, chosen_r, record["mean_eval_loss"], r, Y)
         stages.append(record)
         p = w  # carried to the next stage
-
-    export_model(ws, checkpoint, ws.run.path("final", "model"))
-    return continual_summary(ws, cfg.run, stages, started, repetition=repetition.record())
+    return stages, checkpoint
 
 
 def check_stages(repetition: Repetition, order: list[str], stage_tokens: float) -> None:
