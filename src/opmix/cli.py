@@ -1,4 +1,4 @@
-"""``opmix <command>``: pretrain, demo, check, continual, update, status, report, export, fit. Bad input exits
+"""``opmix <command>``: pretrain, demo, check, continual, instruct, update, status, report, export, fit. Bad input exits
 with code 2 and one line naming the problem and the fix."""
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ log = logging.getLogger("opmix")
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args, extra = parser.parse_known_args(argv)
-    if extra and args.command == "continual" and not any(e.startswith("-") for e in extra):
+    if extra and args.command in ("continual", "instruct") and not any(e.startswith("-") for e in extra):
         args.overrides += extra  # `opmix continual demo --out DIR a.b=c`: overrides after the options
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
@@ -62,6 +62,9 @@ EXAMPLES = {
     "demo": "example:\n  opmix demo                      # resumes the latest unfinished ./opmix-demo-* run\n"
             "  opmix demo --out runs/demo train.steps=200",
     "check": "example:\n  opmix check runs/mix1 --runs 4",
+    "instruct": "examples:\n  opmix instruct --config examples/instruct.yaml --out runs/inst1 learner=sdft\n"
+                "  opmix instruct --config examples/instruct.yaml --out runs/inst-seq --method sequential\n"
+                "  opmix instruct demo --out runs/inst-demo",
     "continual": "examples:\n  opmix continual --config examples/continual.yaml --out runs/cont1\n"
                  "  opmix continual demo --out runs/cont-demo",
     "status": "example:\n  opmix status runs/mix1          # while the run works, from another shell",
@@ -126,6 +129,18 @@ def _parser() -> argparse.ArgumentParser:
                            help="allow running the model directory's own Python code (auto_map); review it first")
     continual.add_argument("overrides", nargs="*", help="`demo`, then config overrides, e.g. train.steps=200")
     continual.set_defaults(handler=_continual)
+
+    instruct = command("instruct", "OP-Mix for continual instruction tuning; `opmix instruct demo` runs the demo")
+    instruct.usage = ("opmix instruct (--config FILE --out DIR [--method M] | demo [--out DIR]) [learner=sft|sdft] "
+                      "[overrides ...]")
+    instruct.add_argument("--config", "-c", type=Path, default=None, help="YAML config (see examples/)")
+    instruct.add_argument("--out", "-o", type=Path, default=None, help="run directory (re-run to resume)")
+    instruct.add_argument("--method", default=None, choices=["opmix", "sequential", "replay", "grid"],
+                          help="the method to train (default: the config's `run`, opmix)")
+    instruct.add_argument("--trust-remote-code", action="store_true",
+                          help="allow a model directory's own Python code (only for models you trust)")
+    instruct.add_argument("overrides", nargs="*", help="`demo`, then config overrides, e.g. learner=sdft")
+    instruct.set_defaults(handler=_instruct)
 
     status = command("status", "each step of a run: done, running (with its progress) or pending")
     status.add_argument("run_dir", type=Path, help="a run directory (it may be running in another process)")
@@ -239,7 +254,7 @@ def _run_recipe(run, cfg, out: Path, describe) -> int:
     from opmix.run.rundir import RunDir
     from opmix.workspace import check_inputs
 
-    check_inputs(cfg.model, cfg.domains)  # before anything is written
+    check_inputs(cfg.model, getattr(cfg, "domains", []))  # before anything is written
     fresh = not out.exists()
     run_dir = RunDir(out)
     try:
@@ -272,6 +287,8 @@ def _write_report_safely(out: Path) -> Path | None:
 
 
 def _recipe_name(cfg) -> str:
+    if hasattr(cfg, "tasks"):
+        return f"instruct ({cfg.run}, {cfg.learner})"
     return f"continual ({cfg.run})" if hasattr(cfg, "run") else "update" if hasattr(cfg, "update") else "pretrain"
 
 
@@ -416,6 +433,29 @@ def _run_continual(cfg, out: Path) -> int:
 
     recipe = continual if cfg.run in ("opmix", "grid") else continual_baselines
     return _run_recipe(recipe.run, cfg, out, format_continual)
+
+
+def _instruct(args: argparse.Namespace) -> int:
+    from opmix.config.instruct import InstructConfig
+    from opmix.config.loading import load_config
+    from opmix.instruct.report import format_instruct
+    from opmix.recipes import instruct
+
+    overrides = list(args.overrides)
+    if overrides[:1] == ["demo"]:
+        from opmix.instruct.demo import demo_instruct_config, train_demo_start_model
+
+        out = args.out or Path.cwd() / f"opmix-instruct-demo-{datetime.now():%Y%m%d-%H%M%S}"
+        start = train_demo_start_model(out)  # a small model that follows the prompt/response format
+        raw, out, overrides = demo_instruct_config(out / "data", start), out / "instruct", overrides[1:]
+    elif args.config is None or args.out is None:
+        raise OpmixError("opmix instruct needs --config FILE and --out DIR", "pass both, or run `opmix instruct demo`")
+    else:
+        raw, out = None, args.out
+    overrides += [f"run={args.method}"] if args.method else []
+    overrides += ["model.trust_remote_code=true"] if args.trust_remote_code else []
+    cfg = load_config(args.config if raw is None else None, InstructConfig, overrides, raw=raw)
+    return _run_recipe(instruct.run, cfg, out, format_instruct)
 
 
 if __name__ == "__main__":

@@ -72,7 +72,7 @@ def train_full(
     trainer.train_until(end_step, checkpoint, ws.train.checkpoint_every)
     trainer.save(checkpoint)
     tokens = trainer.tokens_trained
-    measured = ws.measure(trainer.unwrapped_model())
+    measured = ws.measure(trainer.unwrapped_model(), final=True)
     losses = measured.values
     flops = train_flops(ws.n_params, tokens)
     ws.ledger.set(step, flops + learner_flops(ws, trainer), trainer.seconds, tokens,

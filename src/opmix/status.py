@@ -84,6 +84,12 @@ def _plan(config: dict) -> tuple[str, list[str]]:
 
     continual = "run" in config
     try:
+        if "tasks" in config:
+            from opmix.config.instruct import InstructConfig
+            from opmix.recipes import instruct
+
+            cfg = load_config(None, InstructConfig, raw=config)
+            return f"instruct ({cfg.run}, {cfg.learner})", instruct.planned_steps(cfg)
         if continual:
             from opmix.recipes import continual as recipe_opmix
             from opmix.recipes import continual_baselines
@@ -100,7 +106,8 @@ def _plan(config: dict) -> tuple[str, list[str]]:
 
         return "pretrain", pretrain.planned_steps(load_config(None, PretrainConfig, raw=config))
     except OpmixError:
-        return ("continual" if continual else "update" if "update" in config else "pretrain"), []
+        kind = "instruct" if "tasks" in config else "continual" if continual else "update" if "update" in config else ""
+        return kind or "pretrain", []
 
 
 def _row(step: str, state: str, ledger: dict, marker: dict | None = None) -> dict:

@@ -65,7 +65,7 @@ class Workspace:
     # What a training step optimises and how a model is measured: language modeling and per-domain eval loss by
     # default; the instruction recipe gives its learner (SFT, SDFT) and its metric (error rate or response loss).
     learner: Callable[[], object] | None = None  # a fresh learner per trainer (it may hold state, e.g. an EMA)
-    metric: Callable[[torch.nn.Module, list[str]], Measured] | None = None
+    metric: Callable[[torch.nn.Module, list[str], bool], Measured] | None = None
     learner_settings: dict = field(default_factory=dict)  # part of a probe's cache key (empty: language modeling)
 
     @property
@@ -81,12 +81,13 @@ class Workspace:
     def new_learner(self):
         return self.learner() if self.learner is not None else None
 
-    def measure(self, model: torch.nn.Module, domains: Sequence[str] | None = None) -> Measured:
+    def measure(self, model: torch.nn.Module, domains: Sequence[str] | None = None, final: bool = False) -> Measured:
         """The run's metric (lower is better) on the eval split of each of ``domains`` (default: all), and the
-        compute it took: per-domain eval loss unless the recipe set ``metric``."""
+        compute it took: per-domain eval loss unless the recipe set ``metric``. ``final``: a trained model at the
+        end of a step, which a metric may report more figures on (``Measured.extra``)."""
         names = list(domains) if domains is not None else self.domain_names
         if self.metric is not None:
-            return self.metric(model, names)
+            return self.metric(model, names, final)
         sets = {d: self.domains[d].eval for d in names}
         tokens = sum(int(s.size) for s in sets.values())
         return Measured(evaluate(model, sets, self.train.eval_batch_size), eval_flops(self.n_params, tokens), tokens)
@@ -195,17 +196,7 @@ def open_workspace(
     for note in notes:
         log.warning("%s", note)
 
-    def new_model() -> torch.nn.Module:
-        if model.builtin is not None:
-            fresh = builtin_model(model.builtin, vocab_size=len(tokenizer), seed=seed, max_positions=data.seq_len)
-        else:
-            fresh = load_model(model.path, model.trust_remote_code)
-        check_vocabulary(fresh, tokenizer)
-        return fresh.to(accelerator.device)
-
-    probe = new_model()
-    n_params = count_params(probe)
-    del probe
+    new_model, n_params = model_factory(model, tokenizer, seed, data.seq_len, accelerator)
     return Workspace(
         run=run,
         tokenizer=tokenizer,
@@ -219,6 +210,24 @@ def open_workspace(
         notes=notes,
         probe_cache=_probe_cache(probe_cache, run),
     )
+
+
+def model_factory(model: ModelConfig, tokenizer, seed: int, max_positions: int,
+                  accelerator) -> tuple[Callable[[], torch.nn.Module], int]:
+    """A function giving a fresh copy of the starting model on the accelerator's device, and N for FLOPs."""
+
+    def new_model() -> torch.nn.Module:
+        if model.builtin is not None:
+            fresh = builtin_model(model.builtin, vocab_size=len(tokenizer), seed=seed, max_positions=max_positions)
+        else:
+            fresh = load_model(model.path, model.trust_remote_code)
+        check_vocabulary(fresh, tokenizer)
+        return fresh.to(accelerator.device)
+
+    probe = new_model()
+    n_params = count_params(probe)
+    del probe
+    return new_model, n_params
 
 
 def _probe_cache(settings: ProbeCacheConfig | None, run: RunDir) -> ProbeCache | None:

@@ -19,7 +19,12 @@ import time
 from opmix.config.continual import ContinualConfig
 from opmix.continual.report import continual_summary, stage_record
 from opmix.continual.segment import stage_mixture
-from opmix.continual.training import StageSchedule, merge_lora, start_checkpoint
+from opmix.continual.training import (
+    FixedStages,
+    StageSchedule,
+    merge_lora,
+    start_checkpoint,
+)
 from opmix.domains import normalize, uniform
 from opmix.repetition import Repetition, plan, tokens_per_step
 from opmix.report import export_model
@@ -51,7 +56,7 @@ def run(cfg: ContinualConfig, run_dir: RunDir) -> dict:
     elif cfg.run == "lora-merge":
         stages, checkpoint = _lora_merge(cfg, ws)
     else:
-        stages, checkpoint = _fixed(cfg, ws, _new_fraction(cfg))
+        stages, checkpoint = fixed_fraction_stages(cfg, ws, _new_fraction(cfg))
     export_model(ws, checkpoint, ws.run.path("final", "model"))
     return continual_summary(ws, cfg.run, stages, started)
 
@@ -85,24 +90,27 @@ def _new_fraction(cfg: ContinualConfig) -> float:
     return {"sequential": 1.0, "replay": b.replay_new_fraction, "fifty": b.fifty_new_fraction}[cfg.run]
 
 
-def _schedule(cfg: ContinualConfig, start: int, steps: int) -> StageSchedule:
+def _schedule(cfg, start: int, steps: int) -> StageSchedule:
     t = cfg.train
     return StageSchedule.for_stage(start, steps, t.warmup_fraction, t.decay_fraction, t.final_lr_ratio)
 
 
-def _fixed(cfg: ContinualConfig, ws, new_fraction: float):
-    """A fixed new-data fraction: w = (1 - f) p + f e_k, continuing the previous stage; p <- w."""
-    order, S = cfg.domain_names, cfg.train.steps
-    p = {order[0]: 1.0}
-    checkpoint = train_full(ws, "s1_train", p, _schedule(cfg, 0, S), end_step=S)
-    stages = [stage_record(ws, 1, order[:1], "s1_train", p)]
+def fixed_fraction_stages(cfg, ws, new_fraction: float, budget=None):
+    """A fixed new-data fraction: w = (1 - f) p + f e_k, continuing the previous stage; p <- w. Each stage lasts
+    ``budget.steps`` (default: ``train.steps``; instruction tuning: one epoch of the new task)."""
+    order = cfg.domain_names
+    budget = budget if budget is not None else FixedStages(cfg.train.steps, cfg.train.steps)
+    p, end = {order[0]: 1.0}, 0
+    schedule = _schedule(cfg, end, budget.steps(1, p, order[0]))
+    checkpoint = train_full(ws, "s1_train", p, schedule, end_step=schedule.end)
+    stages, end = [stage_record(ws, 1, order[:1], "s1_train", p)], schedule.end
     for k in range(2, len(order) + 1):
         seen = order[:k]
         w = stage_mixture(new_fraction, p, order[k - 1], seen)
-        checkpoint = train_full(ws, f"s{k}_train", w, _schedule(cfg, (k - 1) * S, S), end_step=k * S,
-                                start_from=checkpoint)
+        schedule = _schedule(cfg, end, budget.steps(k, w, order[k - 1]))
+        checkpoint = train_full(ws, f"s{k}_train", w, schedule, end_step=schedule.end, start_from=checkpoint)
         stages.append(stage_record(ws, k, seen, f"s{k}_train", w, previous_step=f"s{k - 1}_train"))
-        p = w
+        p, end = w, schedule.end
     return stages, checkpoint
 
 
