@@ -21,6 +21,8 @@ no second module, no second set of buffers and no weight copying in and out arou
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -33,7 +35,10 @@ TEACHER_PREFIX = "teacher."  # names of the EMA tensors in the learner's state_d
 
 class SDFT:
     """Self-distillation learner; counters ``generated_tokens`` (2 N FLOPs each, ``generation_flops``) and
-    ``teacher_tokens`` (teacher forward positions, 2 N each, ``teacher_flops``) are this process's totals."""
+    ``teacher_tokens`` (teacher forward positions, 2 N each, ``teacher_flops``) are this process's totals.
+
+    One learner per Trainer: it holds that run's teacher, so two probes must not share an instance.
+    ``temperature`` only shapes the sampling; the KL compares the model's untempered distributions."""
 
     kind = "sdft"
 
@@ -207,15 +212,12 @@ def _unwrap(model):
     return extract_model_from_parallel(model)
 
 
-class _eval_mode:
+@contextmanager
+def _eval_mode(module) -> Iterator[None]:
     """No dropout while sampling and in the teacher pass; the module's previous mode afterwards."""
-
-    def __init__(self, module):
-        self.module = module
-
-    def __enter__(self):
-        self.was_training = self.module.training
-        self.module.eval()
-
-    def __exit__(self, *exc):
-        self.module.train(self.was_training)
+    was_training = module.training
+    module.eval()
+    try:
+        yield
+    finally:
+        module.train(was_training)

@@ -182,3 +182,26 @@ def test_resuming_with_another_learner_is_refused(instruct_tasks, tmp_path):
                   1e-3, make_accelerator(), learner=SFT())
     with pytest.raises(OpmixError, match="learner 'sdft'"):
         sft.load(tmp_path / "ckpt")
+
+
+def test_a_sample_ends_at_its_first_eos_which_is_kept():
+    class Scripted(torch.nn.Module):  # generate returns fixed continuations after a 2-token prompt
+        def generate(self, input_ids, attention_mask, generation_config):
+            tail = torch.tensor([[5, EOS, 7, EOS], [EOS, 9, 9, 9], [4, 4, 4, 4]])
+            return torch.cat([input_ids, tail], dim=1)
+
+    learner = SDFT(eos_id=EOS, pad_id=0)
+    sampled, valid = learner._sample(Scripted(), torch.ones(3, 2, dtype=torch.long), torch.ones(3, 2))
+    assert valid.tolist() == [[True, True, False, False], [True, False, False, False], [True] * 4]
+    assert sampled.tolist() == [[5, EOS, 0, 0], [EOS, 0, 0, 0], [4, 4, 4, 4]]
+
+
+def test_a_checkpoint_before_the_first_step_resumes_with_a_fresh_teacher(instruct_tasks, tmp_path):
+    trainer = _sdft_trainer(instruct_tasks, steps=4)
+    trainer.save(tmp_path / "ckpt")  # no step yet: no teacher, counters at zero
+    resumed = _sdft_trainer(instruct_tasks, steps=4)
+    resumed.load(tmp_path / "ckpt")
+    assert resumed.learner.teacher_ is None and resumed.learner.generated_tokens == 0
+    trainer.train_until(2)
+    resumed.train_until(2)
+    _assert_same(_state(trainer), _state(resumed))
