@@ -42,10 +42,12 @@ def probe_trainer(
     grad_accum: int = 1,
     seed: int = 0,
     stage: str = "probe",
+    learner=None,
 ):
     """A loop ``Trainer`` over a fresh LoRA probe on ``model`` (injected in place: pass a copy you can give up),
     drawing ``batch_size`` sequences per step (``batch_size // grad_accum`` per micro-batch) from ``mixture``;
-    ``trainer.train_until(steps)`` trains it."""
+    ``trainer.train_until(steps)`` trains it. ``learner``: what a step optimises (``opmix.train.learners``; None
+    is language modeling); probes use the same learner as full training (SPEC section 3)."""
     from opmix.data.sampler import MixtureSampler
     from opmix.probes.lora import make_probe
     from opmix.train.loop import Trainer
@@ -58,7 +60,7 @@ def probe_trainer(
     sampler = MixtureSampler(train_sets, dict(mixture), batch_size // grad_accum, seed=seed)
     schedule = WSDSchedule(steps, 0, round(decay_fraction * steps), final_lr_ratio)
     return Trainer(peft_model, sampler, schedule, lr, accelerator, weight_decay=weight_decay, betas=betas,
-                   grad_clip=grad_clip, grad_accum=grad_accum, stage=stage, seed=seed)
+                   grad_clip=grad_clip, grad_accum=grad_accum, stage=stage, seed=seed, learner=learner)
 
 
 def train_probe(

@@ -7,7 +7,7 @@ The FLOPs formulas are the usual dense-transformer estimates with N = parameters
 - LoRA training ``4 N T + 6 N_lora T``: frozen weights still need the forward (2) and the gradient with respect to
   their inputs (2), but not the weight gradient (2); the adapter itself is trained in full;
 - evaluation ``2 N T``; generation ``2 N`` per generated token (prompt tokens are evaluation: use ``eval_flops``);
-  self-distillation's teacher ``2 N`` per token it reads (``teacher_flops``), counted apart from training;
+- a self-distillation teacher ``2 N`` per token it reads (``teacher_flops``: a forward without grad);
 - fitting the laws and proposing (``law_fit_flops`` + ``proposer_flops``): an estimate counted from the fit's
   actual objective evaluations, plus a rough bound for the proposer's small convex program. Tiny next to any
   training stage, but recorded, with its seconds, so that no stage of the method is left out of the ledger.
@@ -140,7 +140,7 @@ def generation_flops(n_params: int, generated_tokens: int) -> float:
 
 
 def teacher_flops(n_params: int, tokens: int) -> float:
-    """Self-distillation's teacher: one forward, ``2 N`` per token of its context and the student's sample."""
+    """Teacher forward (SDFT's EMA teacher, no grad): ``2 N`` per token it reads (context + sampled tokens)."""
     return 2.0 * n_params * tokens
 
 

@@ -1,1 +1,1 @@
-"""The training loop (on accelerate) and its learning-rate schedule."""
+"""The training loop (on accelerate), its learning-rate schedule and its learners (what a step optimises)."""

@@ -1,4 +1,5 @@
-"""Resumable trainer checkpoints: trainable weights, optimizer state, RNG (safetensors) and loop state (JSON).
+"""Resumable trainer checkpoints: trainable weights, optimizer state, RNG, learner state (safetensors) and loop state
+(JSON).
 
 No pickle anywhere: the optimizer's tensors go to safetensors under ``<param index>.<key>`` names and its
 structure (param groups, scalar entries) to JSON. The folder is written atomically, and ``state.json`` records the
@@ -23,23 +24,32 @@ from opmix.run.rundir import sha256_file
 log = logging.getLogger(__name__)
 
 WEIGHTS, OPTIMIZER, RNG, STATE = "trainable.safetensors", "optimizer.safetensors", "rng.safetensors", "state.json"
+LEARNER = "learner.safetensors"  # a stateful learner's tensors (SDFT's EMA teacher); only when it has state
 
 
 def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {n: p.detach().contiguous() for n, p in model.named_parameters() if p.requires_grad}
 
 
-def save_trainer_checkpoint(directory: Path, model, optimizer, loop_state: dict, rng: dict | None = None) -> None:
-    """``rng``: named RNG state tensors to restore on resume (default: this process's global torch RNG)."""
+def save_trainer_checkpoint(directory: Path, model, optimizer, loop_state: dict, rng: dict | None = None,
+                            learner: dict | None = None) -> None:
+    """``rng``: named RNG state tensors to restore on resume (default: this process's global torch RNG).
+    ``learner``: ``{"kind", "tensors", "info"}`` of a learner with state (``opmix.train.learners``); its tensors go
+    to ``learner.safetensors`` and the rest to ``state.json``, in the same atomic folder as the weights."""
     with atomic_dir(Path(directory)) as tmp:
         save_safetensors(tmp / WEIGHTS, {n: t.cpu() for n, t in trainable_state(model).items()})
         fault_point("checkpoint")
         tensors, structure = _flatten_optimizer(optimizer.state_dict())
         save_safetensors(tmp / OPTIMIZER, tensors)
         save_safetensors(tmp / RNG, _rng_state() if rng is None else rng)
-        files = {name: {"size": (tmp / name).stat().st_size, "sha256": sha256_file(tmp / name)}
-                 for name in (WEIGHTS, OPTIMIZER, RNG)}
+        names = [WEIGHTS, OPTIMIZER, RNG]
+        if learner is not None:
+            save_safetensors(tmp / LEARNER, learner["tensors"])
+            names.append(LEARNER)
+        files = {name: {"size": (tmp / name).stat().st_size, "sha256": sha256_file(tmp / name)} for name in names}
         state = {"loop": loop_state, "optimizer": structure, "files": files}
+        if learner is not None:
+            state["learner"] = {"kind": learner["kind"], "info": learner["info"]}
         (tmp / STATE).write_text(json.dumps(state, sort_keys=True))
 
 
@@ -95,6 +105,15 @@ def load_trainer_checkpoint(directory: Path, model, optimizer=None) -> dict:
 def load_rng(directory: Path) -> dict[str, torch.Tensor]:
     """The named RNG state tensors saved with a checkpoint."""
     return load_file(str(Path(directory) / RNG))
+
+
+def load_learner_state(directory: Path) -> dict | None:
+    """``{"kind", "tensors", "info"}`` saved with a checkpoint by a stateful learner; None when it saved none."""
+    directory = Path(directory)
+    learner = json.loads((directory / STATE).read_text()).get("learner")
+    if learner is None:
+        return None
+    return {"kind": learner["kind"], "info": learner["info"], "tensors": load_file(str(directory / LEARNER))}
 
 
 def _flatten_optimizer(state_dict: dict) -> tuple[dict[str, torch.Tensor], dict]:

@@ -10,7 +10,8 @@ optimizer step runs with the global generator swapped for the trainer's own, see
 randomness then depends only on the trainer's seed and step, not on what else ran earlier in the process, which
 is what makes a resumed run (a fresh process) bit-identical to an uninterrupted one.
 Full training and LoRA probes use this same loop; a probe is simply a model whose only trainable parameters are its
-adapters.
+adapters. What a step optimises is the trainer's ``learner`` (``opmix.train.learners``: language modeling by
+default, SFT or SDFT on instruction examples); a stateful learner's state is saved and restored with the rest.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from opmix.errors import OpmixError
 from opmix.progress import Progress
 from opmix.run.faults import fault_point
 from opmix.train.checkpoint import (
+    load_learner_state,
     load_rng,
     load_trainer_checkpoint,
     save_trainer_checkpoint,
@@ -52,7 +54,8 @@ class Trainer:
     """Trains ``model`` on batches from ``sampler`` until a given global step of ``schedule``.
 
     ``start_step`` lets a run continue a schedule (the final training continues the prefix's WSD schedule with the
-    prefix's optimizer state, no re-warm).
+    prefix's optimizer state, no re-warm). ``learner``: what a step optimises (None: ``LanguageModeling``, the
+    next-token loss on every token of a ``(B, T)`` batch).
     """
 
     def __init__(
@@ -69,8 +72,12 @@ class Trainer:
         start_step: int = 0,
         stage: str = "train",
         seed: int = 0,
+        learner=None,
     ):
+        from opmix.train.learners import LanguageModeling
+
         self.accelerator = accelerator
+        self.learner = learner if learner is not None else LanguageModeling()
         self.sampler = sampler
         self.schedule = schedule
         self.peak_lr = lr
@@ -129,15 +136,15 @@ class Trainer:
             group["lr"] = lr
         total = 0.0
         for micro in range(self.grad_accum):
-            input_ids, _ = self.sampler.next_batch()  # (B, T)
-            input_ids = input_ids.to(self.accelerator.device)
+            batch, _ = self.sampler.next_batch()  # (B, T) tokens, or (B, 3, T) instruction examples
+            batch = batch.to(self.accelerator.device)
             last = micro == self.grad_accum - 1
             sync = nullcontext() if last else self.accelerator.no_sync(self.model)
             with sync:
-                loss = self.model(input_ids=input_ids, labels=input_ids).loss
+                loss, tokens = self.learner.loss(self.model, batch)
                 self.accelerator.backward(loss / self.grad_accum)
             total += loss.detach().float().item() / self.grad_accum
-            self.tokens_trained += input_ids.numel() * self.accelerator.num_processes
+            self.tokens_trained += tokens * self.accelerator.num_processes
         if not math.isfinite(total):
             raise self._diverged(f"the training loss became {total}")
         norm = self.accelerator.clip_grad_norm_(self._params, self.grad_clip)
@@ -146,6 +153,7 @@ class Trainer:
             raise self._diverged(f"the gradient norm became {float(norm)}")
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
+        self.learner.after_step(self.unwrapped_model())  # e.g. SDFT's EMA teacher follows the new weights
         self.last_loss = total
         return total
 
@@ -211,12 +219,14 @@ class Trainer:
             if len(ranks) > 1:
                 loop_state["rank_samplers"] = [r["sampler"] for r in ranks]
             rng = {f"rank{i}.{kind}": t for i, r in enumerate(ranks) for kind, t in r["rng"].items()}
-            save_trainer_checkpoint(directory, self.unwrapped_model(), self.optimizer, loop_state, rng=rng)
+            save_trainer_checkpoint(directory, self.unwrapped_model(), self.optimizer, loop_state, rng=rng,
+                                    learner=self._learner_state())
         self.accelerator.wait_for_everyone()
         self.last_checkpoint = (Path(directory), self.step)
 
     def load(self, directory: Path, weights_only: bool = False) -> None:
-        """Restore a checkpoint. ``weights_only`` keeps this trainer's fresh optimizer/sampler (a new branch)."""
+        """Restore a checkpoint. ``weights_only`` keeps this trainer's fresh optimizer, sampler and learner state
+        (a new branch: e.g. an SDFT teacher then starts again from the loaded weights)."""
         loop_state = load_trainer_checkpoint(
             directory, model=self.unwrapped_model(), optimizer=None if weights_only else self.optimizer
         )
@@ -231,4 +241,22 @@ class Trainer:
             saved = {k.removeprefix(prefix): t for k, t in load_rng(directory).items() if k.startswith(prefix)}
             if "cpu" in saved:  # a checkpoint without this rank's state keeps the seeded one
                 self._rng = {"cpu": saved["cpu"], **({"cuda": saved["cuda"]} if "cuda" in saved else {})}
+            self._load_learner_state(directory)
             self.last_checkpoint = (Path(directory), self.step)
+
+    def _learner_state(self) -> dict | None:
+        """The learner's state for the checkpoint, None for a stateless one (its checkpoints stay as they were).
+        Every rank's learner holds the same teacher weights, so rank 0's state stands for all."""
+        state = self.learner.state_dict()
+        if not state["tensors"] and not state["info"]:
+            return None
+        return {"kind": self.learner.kind, **state}
+
+    def _load_learner_state(self, directory: Path) -> None:
+        saved = load_learner_state(directory)
+        if saved is None:
+            return  # a stateless learner saved nothing; a stateful one starts fresh (as a new branch would)
+        if saved["kind"] != self.learner.kind:
+            raise OpmixError(f"checkpoint {directory} was written by learner {saved['kind']!r}, "
+                             f"this run uses {self.learner.kind!r}", "resume with the learner the run started with")
+        self.learner.load_state_dict(saved)
