@@ -91,12 +91,12 @@ def train_full(
 def learner_kinds(ws: Workspace, trainer: Trainer) -> dict[str, float]:
     """Compute a learner spends besides training (SPEC section 6): self-distillation's generation (2 N per
     generated token) and its teacher's forward passes (2 N per token), each counted on its own."""
-    learner = getattr(trainer, "learner", None)
+    learner, processes = trainer.learner, ws.accelerator.num_processes  # a learner counts its own process's work
     kinds = {}
     if getattr(learner, "generated_tokens", 0):
-        kinds["generation"] = generation_flops(ws.n_params, learner.generated_tokens)
+        kinds["generation"] = generation_flops(ws.n_params, learner.generated_tokens * processes)
     if getattr(learner, "teacher_tokens", 0):
-        kinds["teacher"] = teacher_flops(ws.n_params, learner.teacher_tokens)
+        kinds["teacher"] = teacher_flops(ws.n_params, learner.teacher_tokens * processes)
     return kinds
 
 
@@ -146,7 +146,7 @@ def train_probe(
     trainer = probe_trainer(load_weights(ws, base), ws.train_sets(), mixture, steps, lr, t.batch_size,
                             ws.accelerator, lora=lora, decay_fraction=decay_fraction, final_lr_ratio=t.final_lr_ratio,
                             weight_decay=t.weight_decay, betas=t.betas, grad_clip=t.grad_clip, grad_accum=t.grad_accum,
-                            seed=ws.sampler_seed(sampler_offset), stage=step, **_learner(ws))
+                            seed=ws.sampler_seed(sampler_offset), stage=step, learner=ws.new_learner())
     model = trainer.unwrapped_model()
     checkpoint = ws.run.path(step, "checkpoint")
     log.info("%s: LoRA probe, %d steps on %s", step, steps, _fmt(mixture))
@@ -258,12 +258,7 @@ def evaluate_mixtures(
 def _trainer(ws: Workspace, model, sampler, schedule, lr, stage, seed: int = 0) -> Trainer:
     t = ws.train
     return Trainer(model, sampler, schedule, lr, ws.accelerator, weight_decay=t.weight_decay, betas=t.betas,
-                   grad_clip=t.grad_clip, grad_accum=t.grad_accum, stage=stage, seed=seed, **_learner(ws))
-
-
-def _learner(ws: Workspace) -> dict:
-    learner = ws.new_learner()
-    return {} if learner is None else {"learner": learner}  # None: the loop's default, language modeling
+                   grad_clip=t.grad_clip, grad_accum=t.grad_accum, stage=stage, seed=seed, learner=ws.new_learner())
 
 
 def _read_rows(path: Path) -> list[dict]:

@@ -53,10 +53,15 @@ def open_instruct_workspace(run: RunDir, cfg: InstructConfig) -> tuple[Workspace
         log.warning("%s", note)
     new_model, n_params = model_factory(cfg.model, tokenizer, cfg.seed, cfg.data.seq_len, accelerator)
     pad_id = pad_token_id(tokenizer)
-    settings = {"sft": {}, "sdft": cfg.sdft.model_dump()}[cfg.learner]
+    sdft = cfg.sdft
+    settings = {"sft": {}, "sdft": {
+        "max_new_tokens": sdft.max_new_tokens, "generations": sdft.generations_per_prompt,
+        "temperature": sdft.temperature, "ema_rate": sdft.ema_rate, "skip_tokens": sdft.skip_tokens,
+    }}[cfg.learner]
+    eos = {"eos_id": tokenizer.eos_token_id} if cfg.learner == "sdft" else {}
 
     def learner():
-        return make_learner(cfg.learner, pad_id=pad_id, **settings)
+        return make_learner(cfg.learner, pad_id=pad_id, **settings, **eos)
 
     metric = TaskMetric(tasks, tokenizer, cfg.method.metric, cfg.train.eval_batch_size, n_params, pad_id)
     ws = Workspace(
