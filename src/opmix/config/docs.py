@@ -26,6 +26,7 @@ from pydantic_core import PydanticUndefined, to_jsonable_python
 
 from opmix.config.base import Section
 from opmix.config.continual import ContinualConfig
+from opmix.config.instruct import InstructConfig
 from opmix.config.pretrain import PretrainConfig
 
 ROOT = Path(__file__).resolve().parents[3]  # the repository: src/opmix/config/docs.py -> ../../..
@@ -62,6 +63,17 @@ PAGES: dict[type[BaseModel], Page] = {
         "on the result; that mixture becomes p. `run` selects OP-Mix, a baseline, or the grid oracle.\n"
         "How and why: [the method](METHOD.md#continual-midtraining).",
         "continual.yaml",
+    ),
+    InstructConfig: Page(
+        "config-instruct.md",
+        "Continual instruction-tuning config (`opmix instruct`)",
+        "The recipe learns tasks one stage at a time with the run's learner: SFT (cross-entropy on response tokens)\n"
+        "or SDFT (on-policy self-distillation from an EMA teacher that sees a gold demonstration). Stage 1 learns the\n"
+        "first task. At stage k >= 2 two probes start from the current model, nine proxies on the segment between\n"
+        "them are scored on every seen task (error rate from the task's scorer), the laws and the proposer pick the\n"
+        "new task's share, and the stage learns the new task once (one epoch), replaying old tasks by their weights.\n"
+        "How and why: [the method](METHOD.md#continual-instruction-tuning).",
+        "instruct.yaml",
     ),
 }
 

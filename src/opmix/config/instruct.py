@@ -7,7 +7,6 @@ task of n examples trains ceil(n / (w x batch_size)) steps on its own WSD schedu
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
@@ -107,7 +106,9 @@ class InstructConfig(Section):
                     "directory or a built-in config.")
     tokenizer: str | None = Field(
         None, description="A local tokenizer directory or `builtin:bytes`. Null: the model directory's tokenizer.")
-    tasks: list[TaskConfig] = Field(min_length=2, description="T1..TK in the order they arrive: stage k learns T_k.")
+    tasks: list[TaskConfig] = Field(
+        min_length=1, description="T1..TK in the order they arrive: stage k learns T_k (at least two, except for "
+                                  "`sequential`, which may learn a single task).")
     learner: Literal[LEARNERS] = Field(
         "sft", description="`sft` (cross-entropy on response tokens) or `sdft` (on-policy self-distillation), for "
                            "probes and full training alike.")
@@ -126,14 +127,15 @@ class InstructConfig(Section):
 
     @model_validator(mode="after")
     def _consistent(self) -> InstructConfig:
+        if len(self.tasks) < 2 and self.run != "sequential":
+            raise ValueError(f"run={self.run} needs at least two tasks, got {len(self.tasks)}; fix: add a task, or "
+                             "use run=sequential to learn one task")
         names = [t.name for t in self.tasks]
         twice = sorted({n for n in names if names.count(n) > 1})
         if twice:
             raise ValueError(f"task name(s) {twice} used twice; fix: give every task its own name")
         if (self.model.builtin is not None) and self.tokenizer is None:
             raise ValueError("a built-in model needs `tokenizer` (e.g. builtin:bytes); fix: set tokenizer")
-        if self.model.path is not None and not Path(self.model.path).is_dir():
-            raise ValueError(f"model.path {self.model.path} is not a directory; fix: give a local HF model directory")
         return self
 
     @property

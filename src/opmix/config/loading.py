@@ -76,7 +76,7 @@ def _resolve_paths(raw: dict, base_dir: Path) -> None:
             return str(base_dir / value)
         return value
 
-    for domain in raw.get("domains") or []:
+    for domain in [*(raw.get("domains") or []), *(raw.get("tasks") or [])]:  # instruction tasks name files too
         if isinstance(domain, dict):
             for key in ("files", "eval_files"):
                 if isinstance(domain.get(key), list):

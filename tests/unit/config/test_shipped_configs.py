@@ -6,9 +6,10 @@ import pytest
 
 from opmix.config import PretrainConfig, load_config
 from opmix.config.continual import ContinualConfig
+from opmix.config.instruct import InstructConfig
 
 EXAMPLES = Path(__file__).resolve().parents[3] / "examples"
-SCHEMAS = {"pretrain.yaml": PretrainConfig, "continual.yaml": ContinualConfig}
+SCHEMAS = {"pretrain.yaml": PretrainConfig, "continual.yaml": ContinualConfig, "instruct.yaml": InstructConfig}
 
 
 def test_every_example_has_a_schema():
@@ -18,5 +19,6 @@ def test_every_example_has_a_schema():
 @pytest.mark.parametrize("name", sorted(SCHEMAS))
 def test_example_validates(name):
     cfg = load_config(EXAMPLES / name, SCHEMAS[name])
-    assert len(cfg.domains) >= 2
-    assert all(Path(f).is_absolute() for d in cfg.domains for f in d.files)  # resolved against the file's folder
+    domains = cfg.tasks if name == "instruct.yaml" else cfg.domains
+    assert len(domains) >= 2
+    assert all(Path(f).is_absolute() for d in domains for f in d.files)  # resolved against the file's folder
