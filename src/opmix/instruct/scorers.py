@@ -75,7 +75,7 @@ def load_user_function(spec: str) -> Callable:
                              "check the function's name after the colon")
         target = getattr(target, part)
     if not callable(target):
-        raise OpmixError(f"scorer {spec!r} is a {type(target).__name__}, not a function",
+        raise OpmixError(f"scorer {spec!r} is of type {type(target).__name__}, not a function",
                          "name a function taking (prompt, generated, gold)")
     return target
 
