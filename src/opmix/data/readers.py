@@ -163,7 +163,7 @@ def file_kind(path: Path) -> FileKind:
 
 
 @contextmanager
-def _open_binary(path: Path, compression: str | None) -> Iterator[IO[bytes]]:
+def open_binary(path: Path, compression: str | None) -> Iterator[IO[bytes]]:
     """The file's bytes as a stream, decompressed on the fly."""
     with ExitStack() as stack:
         if compression is None:
@@ -179,7 +179,7 @@ def _open_binary(path: Path, compression: str | None) -> Iterator[IO[bytes]]:
         yield stack.enter_context(handle)
 
 
-def _decompression_errors() -> tuple[type[BaseException], ...]:
+def decompression_errors() -> tuple[type[BaseException], ...]:
     import zlib
 
     errors: list[type[BaseException]] = [OSError, EOFError, zlib.error, lzma.LZMAError]
@@ -228,9 +228,9 @@ def is_pretokenized(paths: str | Path | Iterable[str | Path]) -> bool:
 
 def _read_text_file(path: Path, kind: FileKind = FileKind("text")) -> Iterator[str]:
     try:
-        with _open_binary(path, kind.compression) as handle:
+        with open_binary(path, kind.compression) as handle:
             raw = handle.read()  # a text file is one document: its decompressed bytes, once
-    except _decompression_errors() as exc:
+    except decompression_errors() as exc:
         raise _read_error(path, kind, exc) from exc
     try:
         text = raw.decode("utf-8")
@@ -267,7 +267,7 @@ def _jsonl_text(path: Path, lineno: int, line: str, text_field: str) -> str:
 def _read_jsonl(path: Path, text_field: str, kind: FileKind = FileKind("jsonl")) -> Iterator[str]:
     lineno = 0
     try:
-        with _open_binary(path, kind.compression) as raw:
+        with open_binary(path, kind.compression) as raw:
             for lineno, line in enumerate(io.TextIOWrapper(raw, encoding="utf-8"), start=1):  # streamed line by line
                 if line.strip():
                     text = _jsonl_text(path, lineno, line, text_field)
@@ -276,7 +276,7 @@ def _read_jsonl(path: Path, text_field: str, kind: FileKind = FileKind("jsonl"))
     except UnicodeDecodeError as exc:
         where = "" if kind.compression is None else " once decompressed"
         raise OpmixError(f"{path} is not UTF-8 text{where} (after line {lineno})", "convert it to UTF-8") from exc
-    except _decompression_errors() as exc:
+    except decompression_errors() as exc:
         raise _read_error(path, kind, exc) from exc
 
 
@@ -409,10 +409,10 @@ def _text_size_bound(path: Path, kind: FileKind) -> int | None:
 def _inspect_text(path: Path, kind: FileKind, text_field: str) -> tuple[int | None, int]:
     """Check the start of a text/JSONL file: (at most how many tokens it gives or None, bytes read)."""
     try:
-        with _open_binary(path, kind.compression) as handle:
+        with open_binary(path, kind.compression) as handle:
             head = handle.read(SNIFF_BYTES)
             whole = len(head) < SNIFF_BYTES or not handle.read(1)
-    except _decompression_errors() as exc:
+    except decompression_errors() as exc:
         raise _read_error(path, kind, exc) from exc
     try:
         text = codecs.getincrementaldecoder("utf-8")().decode(head, final=whole)

@@ -31,10 +31,16 @@ from pydantic import Field, field_validator, model_validator
 
 from opmix.config.base import Section
 from opmix.data.cache import encode_batch, spread_indices
-from opmix.data.readers import _decompression_errors, _open_binary, file_kind, list_files
+from opmix.data.readers import decompression_errors, file_kind, list_files, open_binary
 from opmix.errors import OpmixError
 from opmix.instruct.examples import PAD_ID, STUDENT, pack_example
-from opmix.instruct.scorers import BUILTIN_SCORERS, Scorer, first_number, load_user_function, make_scorer
+from opmix.instruct.scorers import (
+    BUILTIN_SCORERS,
+    Scorer,
+    first_number,
+    load_user_function,
+    make_scorer,
+)
 from opmix.instruct.templates import (
     Example,
     has_chat_template,
@@ -156,7 +162,7 @@ def read_examples(paths) -> list[Example]:
             raise OpmixError(f"{path} is not a JSONL file", "give task rows as .jsonl files (compressed ones are read)")
         lineno = 0
         try:
-            with _open_binary(path, kind.compression) as raw:
+            with open_binary(path, kind.compression) as raw:
                 for lineno, line in enumerate(io.TextIOWrapper(raw, encoding="utf-8"), start=1):
                     if not line.strip():
                         continue
@@ -168,7 +174,7 @@ def read_examples(paths) -> list[Example]:
                     examples.append(parse_row(record, f"{path} line {lineno}"))
         except UnicodeDecodeError as exc:
             raise OpmixError(f"{path} is not UTF-8 text (after line {lineno})", "convert it to UTF-8") from exc
-        except _decompression_errors() as exc:
+        except decompression_errors() as exc:
             raise OpmixError(f"cannot read {path} ({type(exc).__name__}: {exc})", "check the file") from exc
     return examples
 

@@ -10,7 +10,12 @@ import pytest
 
 from opmix.data.tokenizer import build_byte_tokenizer
 from opmix.errors import OpmixError
-from opmix.instruct.demo_tasks import TASKS, WEEKDAYS, demo_task_configs, write_demo_tasks
+from opmix.instruct.demo_tasks import (
+    TASKS,
+    WEEKDAYS,
+    demo_task_configs,
+    write_demo_tasks,
+)
 from opmix.instruct.tasks import load_tasks
 
 
