@@ -16,6 +16,7 @@ from safetensors.torch import load_file
 from opmix.cli import main
 from opmix.config.instruct import InstructConfig
 from opmix.config.loading import load_config
+from opmix.instruct.tasks import load_tasks
 from opmix.recipes import instruct
 from opmix.run.rundir import RunDir
 
@@ -73,8 +74,10 @@ def test_opmix_two_tasks_with_each_learner(tmp_path, tiny_instruct_raw, learner)
     n_first = run.step_info("s2_train")["tokens_consumed"]
     start, end = run.step_info("s1_train")["end_step"], run.step_info("s2_train")["end_step"]
     w_new = second["mixture"]["first"]
-    train_rows = sum(1 for _ in open(tiny_instruct_raw["tasks"][1]["files"][0])) - 6  # 6 held out for eval
-    assert end - start == math.ceil(train_rows / (max(w_new, 0.1) * 8))
+    tasks = load_tasks(cfg.tasks, "builtin:bytes", cfg.data.seq_len, cfg.data.eval_fraction, cfg.seed,
+                       cfg.data.max_eval_examples)
+    assert end - start == math.ceil(len(tasks["first"].train) / (max(w_new, 0.1) * 8))
+    assert start == math.ceil(len(tasks["upper"].train) / 8)  # stage 1: one epoch of T1
     assert n_first["first"] > 0
     ledger = json.loads((tmp_path / "run" / "ledger.json").read_text())
     kinds = {row["stage"]: row.get("kinds", {}) for row in ledger["stages"]}

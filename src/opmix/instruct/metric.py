@@ -11,7 +11,7 @@ from collections.abc import Mapping, Sequence
 
 import torch
 
-from opmix.instruct.examples import ROLE, ROLE_PAD, ROLE_RESPONSE, prompt_lengths
+from opmix.instruct.examples import ROLE, ROLE_PAD, ROLE_RESPONSE
 from opmix.instruct.generate import score_task
 from opmix.run.ledger import eval_flops, generation_flops
 from opmix.workspace import Measured
@@ -28,10 +28,9 @@ class TaskMetric:
             task, figures = self.tasks[name], {}
             if self.kind == "error_rate" or final:
                 score = score_task(model, self.tokenizer, task, self.batch_size)
-                prompt_tokens = sum(prompt_lengths(task.eval))
-                flops += eval_flops(self.n_params, prompt_tokens) + generation_flops(self.n_params,
-                                                                                   score["generated_tokens"])
-                tokens += prompt_tokens + score["generated_tokens"]
+                generated = score["generated_tokens"]
+                flops += eval_flops(self.n_params, score["prompt_tokens"]) + generation_flops(self.n_params, generated)
+                tokens += score["prompt_tokens"] + generated
                 figures.update(accuracy=score["accuracy"], error_rate=score["error_rate"])
             if self.kind == "loss" or final:
                 loss, read = response_loss(model, task.eval, self.batch_size, self.pad_id)
