@@ -43,6 +43,9 @@ class InstructMethodConfig(ContinualMethodConfig):
         0.4, gt=0, le=1, description="Length of each probe as a fraction of one epoch of the new task's train "
                                      "examples (SPEC: 0.4 epoch).")
     max_probe_steps: int = Field(256, ge=1, description="Probes never train longer than this (SPEC: 256 steps).")
+    epochs_per_stage: float = Field(
+        1.0, gt=0, description="Epochs of its new task each stage trains (SPEC: the new task is seen once); old "
+                               "tasks are replayed in proportion to their weights relative to the new task's.")
     metric: Literal["error_rate", "loss"] = Field(
         "error_rate", description="What the laws are fitted on: each task's error rate (1 - accuracy, from its "
                                   "scorer, by greedy generation) or `loss`, the cross-entropy of the gold "

@@ -23,10 +23,11 @@ class OneEpochOfNewTask:
     batch: int  # examples per optimizer step, all processes together
     probe_fraction: float = 0.4
     max_probe_steps: int = 256
+    epochs: float = 1.0  # of the new task per stage (SPEC: once)
 
     def steps(self, stage: int, mixture: Mapping[str, float], new: str) -> int:
         share = max(float(mixture.get(new, 0.0)), MIN_NEW_FRACTION)
-        return max(1, math.ceil(self.examples[new] / (share * self.batch)))
+        return max(1, math.ceil(self.epochs * self.examples[new] / (share * self.batch)))
 
     def probe_steps(self, stage: int, new: str) -> int:
         return min(self.max_probe_steps, max(1, round(self.probe_fraction * self.examples[new] / self.batch)))

@@ -9,7 +9,8 @@ In task order (continual instruction tuning trains them one after another):
 - ``weekday``: ``"weekday 2024-03-15"`` -> ``"Friday"`` (dates of 1900-2099, English names whatever the locale).
 
 Words come from the installation itself: keywords, standard-library module names and the words of the builtins'
-docstrings (3 to 9 lowercase letters). The first task answers in digits and every later one in letters, so training
+docstrings (3 to 9 lowercase letters), and, for enough distinct examples, strings of ``string.ascii_lowercase``.
+The first task answers in digits and every later one in letters, so training
 on the later tasks alone pulls the model's answers away from digits: the first task is the one forgotten.
 
 ``format`` is the warm-up set: the same five tasks mixed, from which a fresh model learns the prompt/response format
@@ -29,10 +30,11 @@ import json
 import keyword
 import math
 import re
+import string
 import sys
 import unicodedata
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -87,12 +89,32 @@ def _addition(count: int, rng: np.random.Generator) -> list[Pair]:
     return _unique(draw, count, rng)
 
 
+def _word(rng: np.random.Generator, words: list[str]) -> str:
+    """Half the time a word of the installation, else letters of ``string.ascii_lowercase`` (3 to 6): enough
+    distinct prompts for thousands of examples, so a small model learns the rule rather than the pairs."""
+    if rng.random() < 0.5:
+        return words[int(rng.integers(len(words)))]
+    return "".join(string.ascii_lowercase[int(i)] for i in rng.integers(0, 26, size=int(rng.integers(3, 7))))
+
+
 def _reverse(count: int, rng: np.random.Generator) -> list[Pair]:
-    return _from_pool([(f"reverse {w}", w[::-1]) for w in python_words()], count, rng, "reverse")
+    words = python_words()
+
+    def draw(rng):
+        word = _word(rng, words)
+        return f"reverse {word}", word[::-1]
+
+    return _unique(draw, count, rng)
 
 
 def _upper(count: int, rng: np.random.Generator) -> list[Pair]:
-    return _from_pool([(f"upper {w}", w.upper()) for w in python_words()], count, rng, "upper")
+    words = python_words()
+
+    def draw(rng):
+        word = _word(rng, words)
+        return f"upper {word}", word.upper()
+
+    return _unique(draw, count, rng)
 
 
 def _charname(count: int, rng: np.random.Generator) -> list[Pair]:
@@ -118,23 +140,29 @@ def _write(path: Path, pairs: list[Pair]) -> None:
     path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
 
 
-def write_demo_tasks(folder: str | Path, n_train: int = 400, n_eval: int = 64, seed: int = 0) -> dict[str, Path]:
-    """Write ``<folder>/<task>/train.jsonl`` and ``eval.jsonl`` for ``format`` and each of ``TASKS``; returns task
-    name -> its folder, ``format`` first, then the tasks in training order."""
+def write_demo_tasks(folder: str | Path, n_train: int = 400, n_eval: int = 64, seed: int = 0,
+                     names: Sequence[str] | None = None) -> dict[str, Path]:
+    """Write ``<folder>/<task>/train.jsonl`` and ``eval.jsonl`` for ``format`` and each of ``names`` (default: all
+    of ``TASKS``); returns task name -> its folder, ``format`` first, then the tasks in training order."""
     if n_train < 1 or n_eval < 1:
         raise OpmixError(f"demo tasks need n_train and n_eval >= 1, got {n_train} and {n_eval}", "ask for more")
+    names = list(TASKS) if names is None else list(names)
+    unknown = sorted(set(names) - set(TASKS))
+    if unknown or not names:
+        raise OpmixError(f"unknown demo task(s) {unknown or names}", f"use some of {list(TASKS)}")
     folder = Path(folder)
-    share = math.ceil(n_train / len(TASKS))  # each task's part of the format warm-up set
+    share = math.ceil(n_train / len(names))  # each task's part of the format warm-up set
     warmup_train: list[Pair] = []
     warmup_eval: list[Pair] = []
     paths = {"format": folder / "format"}
-    for name, make in TASKS.items():
+    for name in names:
+        make = TASKS[name]
         rng = np.random.default_rng([seed, zlib.crc32(name.encode())])
         pairs = make(n_eval + n_train + share, rng)  # distinct prompts: eval, then train, then the warm-up's share
         _write(folder / name / "eval.jsonl", pairs[:n_eval])
         _write(folder / name / "train.jsonl", pairs[n_eval:n_eval + n_train])
         warmup_train += pairs[n_eval + n_train:]
-        warmup_eval += pairs[: math.ceil(n_eval / len(TASKS))]
+        warmup_eval += pairs[: math.ceil(n_eval / len(names))]
         paths[name] = folder / name
     rng = np.random.default_rng([seed, zlib.crc32(b"format")])
     _write(folder / "format" / "train.jsonl", [warmup_train[i] for i in rng.permutation(len(warmup_train))][:n_train])

@@ -45,7 +45,7 @@ def run(cfg: InstructConfig, run_dir: RunDir) -> dict:
     ws, tasks = open_instruct_workspace(run_dir, cfg)
     budget = OneEpochOfNewTask({name: len(task.train) for name, task in tasks.items()},
                                cfg.train.batch_size * ws.accelerator.num_processes,
-                               cfg.method.probe_fraction, cfg.method.max_probe_steps)
+                               cfg.method.probe_fraction, cfg.method.max_probe_steps, cfg.method.epochs_per_stage)
     if cfg.run in ("opmix", "grid"):
         repetition = Repetition.of(ws, None, True)  # no caps: old tasks are replayed by design
         stages, checkpoint = run_stages(cfg, ws, budget, repetition, stage_tokens=1.0)

@@ -83,5 +83,5 @@ def test_every_example_fits_seq_len_96_with_the_byte_tokenizer(demo):
 
 
 def test_asking_for_more_than_a_pool_holds_is_an_error(tmp_path):
-    with pytest.raises(OpmixError, match="demo task 'reverse' has .* distinct examples.*fix: ask for fewer"):
+    with pytest.raises(OpmixError, match="demo task 'charname' has .* distinct examples.*fix: ask for fewer"):
         write_demo_tasks(tmp_path, n_train=5000, n_eval=10, seed=0)
