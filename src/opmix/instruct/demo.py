@@ -1,8 +1,8 @@
 """``opmix instruct demo``: offline, on CPU, in minutes. A small byte-level Llama first learns the prompt/response
 format on a warm-up set (the demo tasks mixed, other examples), then learns three verifiable tasks in order:
-addition (answers in digits), reversing words, upper-casing words (answers in letters), so that learning the later
-tasks alone makes it forget the first. Tasks: ``opmix.instruct.demo_tasks``; both configs are plain dicts,
-validated like any user config."""
+the length of a word (answers in digits), its first letter, its last letter (answers in letters), so that learning
+the later tasks alone pulls the model away from the first. Tasks: ``opmix.instruct.demo_tasks`` (words of the
+installation and ``string.ascii_lowercase``); both configs are plain dicts, validated like any user config."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 from opmix.instruct.demo_tasks import write_demo_tasks
 
 SEQ_LEN = 96
-ORDER = ("addition", "reverse", "upper")
+ORDER = ("length", "first", "last")
 MODEL = "llama-1m"
 N_TRAIN = 2000  # examples per task (and in the warm-up set)
 

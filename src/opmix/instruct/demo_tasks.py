@@ -129,8 +129,26 @@ def _weekday(count: int, rng: np.random.Generator) -> list[Pair]:
     return _unique(draw, count, rng)
 
 
+def _word_task(prefix: str, answer: Callable[[str], str]) -> Callable[[int, np.random.Generator], list[Pair]]:
+    """A task on one word: ``"<prefix> <word>"`` -> ``answer(word)``."""
+
+    def make(count: int, rng: np.random.Generator) -> list[Pair]:
+        words = python_words()
+
+        def draw(rng):
+            word = _word(rng, words)
+            return f"{prefix} {word}", answer(word)
+
+        return _unique(draw, count, rng)
+
+    return make
+
+
 TASKS: dict[str, Callable[[int, np.random.Generator], list[Pair]]] = {
     "addition": _addition, "reverse": _reverse, "upper": _upper, "charname": _charname, "weekday": _weekday,
+    # tasks a small model learns in minutes: a letter copied from a fixed place, or a count
+    "length": _word_task("length", lambda w: str(len(w))), "first": _word_task("first", lambda w: w[0]),
+    "last": _word_task("last", lambda w: w[-1]),
 }
 
 

@@ -25,7 +25,8 @@ def rows(path):
 
 def task_of(prompt: str) -> str:
     first = prompt.split(" ", 1)[0]
-    return {"reverse": "reverse", "upper": "upper", "name": "charname", "weekday": "weekday"}.get(first, "addition")
+    known = {"reverse", "upper", "weekday", "length", "first", "last"}
+    return first if first in known else "charname" if first == "name" else "addition"
 
 
 def right_answer(task: str, prompt: str) -> str:
@@ -40,6 +41,8 @@ def right_answer(task: str, prompt: str) -> str:
         return argument.upper()
     if task == "charname":
         return unicodedata.name(argument)
+    if task in ("length", "first", "last"):
+        return {"length": str(len(argument)), "first": argument[:1], "last": argument[-1:]}[task]
     return WEEKDAYS[datetime.date.fromisoformat(argument).weekday()]
 
 
