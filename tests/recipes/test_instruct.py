@@ -154,3 +154,14 @@ def test_a_row_without_a_response_names_the_file_and_line(tmp_path, tiny_instruc
     assert main(["instruct", "--config", str(config), "--out", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert "bad.jsonl" in err and "2" in err
+
+
+def test_demo_configs_validate(tmp_path):
+    from opmix.instruct.demo import ORDER, demo_instruct_config, warmup_config
+
+    warmup = load_config(None, InstructConfig, raw=warmup_config(tmp_path / "data"))
+    assert warmup.run == "sequential" and [t.name for t in warmup.tasks] == ["format"]
+    (tmp_path / "model").mkdir()
+    demo = load_config(None, InstructConfig, raw=demo_instruct_config(tmp_path / "data", tmp_path / "model"))
+    assert [t.name for t in demo.tasks] == list(ORDER) and len(demo.tasks) >= 3
+    assert all(len((tmp_path / "data" / t / "eval.jsonl").read_text().splitlines()) == 64 for t in ORDER)

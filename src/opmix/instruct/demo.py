@@ -32,11 +32,11 @@ def _common(seed: int = 0) -> dict:
 
 
 def warmup_config(data_dir: Path, seed: int = 0) -> dict:
-    """The start model: ``MODEL`` from random init, SFT on the format set for 40 epochs (one stage, sequential)."""
+    """The start model: ``MODEL`` from random init, SFT on the format set for 12 epochs (one stage, sequential)."""
     paths = write_demo_tasks(data_dir, n_train=N_TRAIN, n_eval=64, seed=seed, names=ORDER)
     raw = _common(seed)
     raw.update({"model": {"builtin": MODEL}, "tasks": [_task("format", paths["format"])], "run": "sequential",
-                "method": {"epochs_per_stage": 8}})
+                "method": {"epochs_per_stage": 12}})
     return raw
 
 
@@ -46,7 +46,8 @@ def demo_instruct_config(data_dir: Path, start_model: Path, seed: int = 0) -> di
     raw = _common(seed)
     raw.update({"model": {"path": str(start_model)}, "tokenizer": None,
                 "tasks": [_task(name, paths[name]) for name in ORDER],
-                "method": {"lora": {"r": 4, "alpha": 8}, "epochs_per_stage": 4}})
+                "method": {"lora": {"r": 4, "alpha": 8}, "epochs_per_stage": 2},
+                "baselines": {"grid": [0.25, 0.5, 1.0]}})
     return raw
 
 
