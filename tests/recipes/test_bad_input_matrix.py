@@ -388,7 +388,7 @@ def test_cheap_checks_answer_before_tokenizing(case, tmp_path, tiny_pretrain_raw
     def no_tokenizing(*args, **kwargs):
         raise AssertionError("a domain was tokenized before the bad input was reported")
 
-    monkeypatch.setattr("opmix.workspace.prepare_domain", no_tokenizing)
+    monkeypatch.setattr("opmix.data.cache.prepare_domain", no_tokenizing)  # what load_domains calls
     started = time.perf_counter()
     code = _run(tiny_pretrain_raw, tmp_path)
     elapsed = time.perf_counter() - started
