@@ -79,6 +79,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--seeds", default="0,1")
     parser.add_argument("--jobs", type=int, default=2)
+    parser.add_argument("--tables-only", action="store_true", help="only tabulate the runs that finished")
     args = parser.parse_args()
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
     from opmix.instruct.demo import demo_instruct_config, train_demo_start_model
@@ -95,12 +96,15 @@ def main() -> None:
             out.parent.mkdir(parents=True, exist_ok=True)
             jobs.append((seed, learner, method, out, ["instruct", "--config", str(config), "--out", str(out),
                                                       "--method", method, f"learner={learner}"]))
-    with ThreadPoolExecutor(args.jobs) as pool:
-        codes = list(pool.map(lambda job: _cli(job[4], job[3].with_suffix(".log")), jobs))
+    if args.tables_only:
+        codes = [0 if (job[3] / "summary.json").is_file() else -1 for job in jobs]
+    else:
+        with ThreadPoolExecutor(args.jobs) as pool:
+            codes = list(pool.map(lambda job: _cli(job[4], job[3].with_suffix(".log")), jobs))
     rows, grid_rows = [], []
     for (seed, learner, method, out, _), code in zip(jobs, codes):
         if code != 0:
-            print(f"FAILED ({code}): {out}; see {out.with_suffix('.log')}")
+            print(f"{'not finished' if code == -1 else f'FAILED ({code})'}: {out}; see {out.with_suffix('.log')}")
             continue
         summary = json.loads((out / "summary.json").read_text())
         tasks = summary["domains"]
