@@ -243,8 +243,9 @@ def stage_history(stages: Sequence[int], domains: Sequence[str], mixtures: Seque
 
 
 def stage_losses(stages: Sequence[int], domains: Sequence[str], losses: Sequence[Mapping[str, float]],
-                 means: Sequence[float]) -> bytes:
-    """Continual runs: each domain's eval loss at the end of every stage (from the stage that introduced it)."""
+                 means: Sequence[float], label: str = "eval loss (nats/token)") -> bytes:
+    """Continual runs: each domain's eval loss (or ``label``: an instruction task's accuracy, error rate...) at the
+    end of every stage, from the stage that introduced it."""
     fig = _figure(3.4)
     ax = _axes(fig, left=0.7, right=2.2, top=0.2, bottom=0.4)[0, 0]
     for i, d in enumerate(domains):
@@ -253,7 +254,7 @@ def stage_losses(stages: Sequence[int], domains: Sequence[str], losses: Sequence
             ax.plot(*zip(*pts), marker="o", color=PALETTE[i % len(PALETTE)], label=d)
     ax.plot(stages, means, marker="s", color="black", ls="--", label="mean over seen domains")
     ax.set_xticks(list(stages), [f"stage {s}" for s in stages], fontsize=8)
-    ax.set_ylabel("eval loss (nats/token)", fontsize=8)
+    ax.set_ylabel(label, fontsize=8)
     ax.grid(color="#e5e5e5")
     _plain_ticks(ax)
     ax.tick_params(labelsize=7)

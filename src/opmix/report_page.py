@@ -143,7 +143,9 @@ class _Page:
         self.markers = self._markers()
         continual = "stages" in self.summary or "run" in self.config or any(re.match(r"s\d+_", s) for s in self.markers)
         self.recipe = "continual" if continual else "pretrain"
-        self.domains = list(self.summary.get("domains") or [d["name"] for d in self.config.get("domains", [])]
+        self.instruct = "tasks" in self.config  # continual instruction tuning: tasks, accuracy, a learner
+        self.domains = list(self.summary.get("domains")
+                            or [d["name"] for d in self.config.get("domains", self.config.get("tasks", []))]
                             or self.summary.get("eval_loss", {}))
 
     def _config(self) -> dict:
@@ -166,8 +168,9 @@ class _Page:
                 f"alt=\"{_e(alt)}\"></figure>")
 
     def build(self) -> str:
+        results = "Task accuracy and the fitted metric" if self.instruct else "Eval loss"
         sections = [("Run", self.header), ("Decision and warnings", self.decision), ("Mixing laws", self.laws),
-                    ("Mixture weights and repetition", self.weights), ("Eval loss", self.losses),
+                    ("Mixture weights and repetition", self.weights), (results, self.losses),
                     ("Compute", self.compute), ("Fidelity check", self.check)]
         parts = [f"<h1>opmix report: {_e(self.root.name)}</h1>", f"<p class=\"small\">{_e(self.root.resolve())}</p>"]
         for title, section in sections:
@@ -185,7 +188,11 @@ class _Page:
         model_text = model.get("path") or (f"builtin:{model['builtin']}" if model.get("builtin") else "?")
         train = cfg.get("train", {})
         steps = train.get("steps")
-        if self.recipe == "continual":
+        if self.instruct:
+            method = s.get("method") or f"{cfg.get('run', 'opmix')} ({cfg.get('learner', 'sft')})"
+            epochs = cfg.get("method", {}).get("epochs_per_stage", 1)
+            steps_text = f"{epochs:g} epoch(s) of each new task per stage x {len(self.domains)} stages"
+        elif self.recipe == "continual":
             method = s.get("method") or cfg.get("run", "opmix")
             steps_text = f"{steps} per stage x {len(self.domains)} stages" if steps else "?"
         else:
@@ -197,8 +204,9 @@ class _Page:
         else:
             last = list(self.markers)[-1] if self.markers else "none"
             status = f"partial: {len(self.markers)} step(s) done, the last one '{last}' (no summary.json yet)"
-        rows = [("recipe", f"{self.recipe} ({method})"), ("model", model_text),
-                ("tokenizer", cfg.get("tokenizer", "?")), ("domains", ", ".join(self.domains) or "?"),
+        rows = [("recipe", f"{'instruct' if self.instruct else self.recipe} ({method})"), ("model", model_text),
+                ("tokenizer", cfg.get("tokenizer", "?")),
+                ("tasks" if self.instruct else "domains", ", ".join(self.domains) or "?"),
                 ("train steps", steps_text),
                 ("batch", f"{train.get('batch_size', '?')} x {cfg.get('data', {}).get('seq_len', '?')} tokens"),
                 ("seed", cfg.get("seed", "?")), ("status", status)]
@@ -446,10 +454,15 @@ class _Page:
         if not stages:
             return _absent("no stage has finished its training yet")
         ks = [st["stage"] for st in stages]
-        parts = [self.figure("stage_losses.png", lambda: figs.stage_losses(ks, self.domains,
+        parts, label = self._task_accuracy(stages, ks) if self.instruct else [], "eval loss (nats/token)"
+        if self.instruct:
+            label = self.summary.get("metric") or self.config.get("method", {}).get("metric", "error_rate")
+            parts.append(f"<h3>The fitted metric: {_e(label)} (lower is better)</h3>")
+        parts += [self.figure("stage_losses.png", lambda: figs.stage_losses(ks, self.domains,
                                                                            [st["eval_loss"] for st in stages],
-                                                                           [st["mean_eval_loss"] for st in stages]),
-                             "eval loss per stage")]
+                                                                           [st["mean_eval_loss"] for st in stages],
+                                                                           label=label),
+                              "eval loss per stage")]
         rows = [(st["stage"], *(_f(st["eval_loss"].get(d)) for d in self.domains), _f(st["mean_eval_loss"]))
                 for st in stages]
         parts.append(_table(["stage", *self.domains, "mean (seen)"], rows))
@@ -465,6 +478,23 @@ class _Page:
                                  "sequential|replay|fifty|retrain|lora-merge), and the grid oracle runs with --method "
                                  "grid"))
         return "\n".join(parts)
+
+    def _task_accuracy(self, stages: list[dict], ks: list[int]) -> list[str]:
+        """Instruction tuning: each task's accuracy after every stage, and the forgetting of each."""
+        if not all("accuracy" in st for st in stages):
+            return [_absent("accuracy per task is in summary.json, written at the end of the run")]
+        accuracy = [st["accuracy"] for st in stages]
+        means = [float(np.mean(list(a.values()))) for a in accuracy]
+        parts = ["<h3>Accuracy of each task after every stage</h3>",
+                 self.figure("stage_accuracy.png", lambda: figs.stage_losses(ks, self.domains, accuracy, means,
+                                                                             label="accuracy"), "accuracy per stage")]
+        rows = [(k, *(_f(a.get(d), ".3f") for d in self.domains), _f(m, ".3f")) for k, a, m in zip(ks, accuracy, means)]
+        parts.append(_table(["stage", *self.domains, "mean (seen)"], rows))
+        forgetting = self.summary.get("forgetting") or {}
+        if forgetting:
+            parts.append(_table(["task", "forgetting (accuracy when learned minus at the end)"],
+                                [(t, f"{v:+.3f}") for t, v in forgetting.items()]))
+        return parts
 
     # ------------------------------------------------------------------ compute and check
     def compute(self) -> str:

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import time
 
+import numpy as np
+
 from opmix.config.instruct import InstructConfig
 from opmix.continual.report import continual_summary
 from opmix.instruct.budget import OneEpochOfNewTask
@@ -85,7 +87,17 @@ def flops_by_kind(ledger: dict) -> dict[str, float]:
 
 
 def add_task_figures(ws, stage: dict) -> None:
-    """A stage record's accuracy and error rate per seen task (and the metric's name), from its training step."""
+    """A stage record's accuracy and error rate per seen task, from its training step; its warnings for tasks."""
+    # Replaying old tasks is the point of a stage here, so "ran out of fresh data" says nothing a user must act on.
+    stage["warnings"] = [w for w in stage["warnings"] if "ran out of fresh data" not in w]
+    proxies = np.asarray((stage.get("proxies") or {}).get("eval_loss", []), dtype=float)
+    if proxies.ndim == 2 and len(proxies) > 1:
+        flat = [t for t, column in zip(stage["eval_loss"], proxies.T) if np.ptp(column) == 0]
+        if flat:
+            stage["warnings"].append(
+                f"stage {stage['stage']}: the proxies' metric did not vary on {flat} (every proxy scored the same), so "
+                "their laws carry no signal; with small eval sets or near-0/1 accuracy, fit on the responses' "
+                "cross-entropy instead (method.metric: loss) or add eval examples")
     step = f"s{stage['stage']}_train"
     measures = ws.run.step_info(step).get("measures", {})
     seen = list(stage["eval_loss"])
