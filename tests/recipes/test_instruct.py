@@ -18,6 +18,7 @@ from opmix.config.instruct import InstructConfig
 from opmix.config.loading import load_config
 from opmix.instruct.tasks import load_tasks
 from opmix.recipes import instruct
+from opmix.report_page import write_report
 from opmix.run.rundir import RunDir
 
 pytestmark = pytest.mark.slow
@@ -89,6 +90,9 @@ def test_opmix_two_tasks_with_each_learner(tmp_path, tiny_instruct_raw, learner)
         assert "s2_train" not in {s for s, k in kinds.items() if k}
     assert summary["flops_by_kind"]["proxy_eval"] > 0 and summary["flops_by_kind"]["train"] > 0
     assert (tmp_path / "run" / "final" / "model" / "config.json").is_file()
+    html = write_report(tmp_path / "run").read_text()
+    assert "Accuracy of each task after every stage" in html and "instruct (opmix" in html
+    assert (tmp_path / "run" / "report" / "stage_accuracy.png").stat().st_size > 1000
 
 
 def test_baselines_fix_the_new_task_share(tmp_path, tiny_instruct_raw):
