@@ -39,21 +39,24 @@ def _label(learner: str, method: str) -> str:
     return f"{learner.upper()} {'OP-Mix' if method in ('opmix', 'grid') else method}"
 
 
-def generation_speed(model_dir: Path, data_dir: Path, repeats: int = 5) -> dict:
+def generation_speed(data_dir: Path, repeats: int = 7, new_tokens: int = 32) -> dict:
     """Tokens/s of ``opmix.instruct.generate.generate`` against ``model.generate`` called directly on the same
-    left-padded batch, interleaved, medians."""
+    left-padded batch (64 eval prompts of the first demo task), interleaved, medians. The model is the demo's
+    architecture at random init, which rarely ends an answer early, so both decode ``new_tokens`` tokens a row."""
     import torch
 
     from opmix.data.tokenizer import load_tokenizer
+    from opmix.instruct.demo import MODEL, ORDER
     from opmix.instruct.examples import prompts
     from opmix.instruct.generate import generate
     from opmix.instruct.tasks import TaskConfig, load_tasks
-    from opmix.model import load_model
+    from opmix.model import builtin_model
 
-    tokenizer, model = load_tokenizer(str(model_dir)), load_model(model_dir).eval()
-    folder = data_dir / "upper"
-    task = load_tasks([TaskConfig(name="upper", files=[str(folder / "train.jsonl")],
-                                  eval_files=[str(folder / "eval.jsonl")])], tokenizer, 96, 0.1, 0, 64)["upper"]
+    tokenizer = load_tokenizer("builtin:bytes")
+    model = builtin_model(MODEL, vocab_size=len(tokenizer), seed=0, max_positions=128).eval()
+    folder = data_dir / ORDER[0]
+    task = load_tasks([TaskConfig(name=ORDER[0], files=[str(folder / "train.jsonl")],
+                                  eval_files=[str(folder / "eval.jsonl")])], tokenizer, 96, 0.1, 0, 64)[ORDER[0]]
     batch = prompts(task.eval)
     width, pad = max(map(len, batch)), tokenizer.pad_token_id
     ids = torch.tensor([[pad] * (width - len(p)) + p for p in batch])
@@ -61,15 +64,16 @@ def generation_speed(model_dir: Path, data_dir: Path, repeats: int = 5) -> dict:
     ours, direct = [], []
     for _ in range(repeats):
         start = time.perf_counter()
-        out = generate(model, tokenizer, batch, max_new_tokens=16, batch_size=len(batch))
+        out = generate(model, tokenizer, batch, max_new_tokens=new_tokens, batch_size=len(batch))
         ours.append(out.generated_tokens / (time.perf_counter() - start))
         start = time.perf_counter()
         with torch.no_grad():
-            raw = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=16, do_sample=False,
+            raw = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=new_tokens, do_sample=False,
                                  pad_token_id=pad, eos_token_id=tokenizer.eos_token_id)
+        seconds = time.perf_counter() - start
         new = raw[:, width:]
-        tokens = sum(int(((row != pad).cumprod(0)).sum()) for row in new)  # up to the first EOS/pad, as ours
-        direct.append(tokens / (time.perf_counter() - start))
+        tokens = sum(int((row != pad).cumprod(0).sum()) for row in new)  # up to the first EOS/pad, as ours counts
+        direct.append(tokens / seconds)
     return {"ours_tokens_per_s": statistics.median(ours), "direct_tokens_per_s": statistics.median(direct),
             "ratio": statistics.median(ours) / statistics.median(direct)}
 
@@ -120,7 +124,7 @@ def main() -> None:
                 grid_rows.append({"seed": seed, "stage": stage["stage"], "best_r": grid["best_r"],
                                   "best_mean_accuracy": best, "chosen_r": grid["chosen_r"],
                                   "opmix_mean_accuracy": chosen, "gap_points": 100 * (best - chosen)})
-    speed = generation_speed(start, args.out / "start" / "data")
+    speed = generation_speed(args.out / "start" / "data")
     write_tables(args.out, rows, grid_rows, speed)
 
 
