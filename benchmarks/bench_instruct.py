@@ -25,7 +25,7 @@ from pathlib import Path
 
 import yaml
 
-RUNS = (("sft", "grid"), ("sdft", "opmix"), ("sft", "sequential"), ("sft", "replay"), ("sdft", "sequential"))
+RUNS = (("sft", "grid"), ("sft", "sequential"), ("sft", "replay"), ("sdft", "sequential"), ("sdft", "opmix"))
 
 
 def _cli(args: list[str], log: Path) -> int:
