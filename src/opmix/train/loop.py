@@ -236,7 +236,14 @@ class Trainer:
             self.seconds = loop_state["seconds"]
             rank = self.accelerator.process_index
             samplers = loop_state.get("rank_samplers") or [loop_state["sampler"]]
-            self.sampler.load_state_dict(samplers[rank] if rank < len(samplers) else samplers[0])
+            processes = self.accelerator.num_processes
+            if len(samplers) != processes:  # another rank's data positions would repeat or skip batches
+                raise OpmixError(
+                    f"checkpoint {directory} holds the data positions of {len(samplers)} process(es), but this run "
+                    f"has {processes}: resuming would repeat some batches and skip others",
+                    f"resume with {len(samplers)} process(es) (accelerate launch --num_processes {len(samplers)}), "
+                    "or start a new run with another --out")
+            self.sampler.load_state_dict(samplers[rank])
             prefix = f"rank{rank}."
             saved = {k.removeprefix(prefix): t for k, t in load_rng(directory).items() if k.startswith(prefix)}
             if "cpu" in saved:  # a checkpoint without this rank's state keeps the seeded one

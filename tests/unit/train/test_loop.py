@@ -77,3 +77,19 @@ def test_nan_loss_aborts_with_a_hint(domains):
         trainer.unwrapped_model().get_input_embeddings().weight.fill_(float("nan"))
     with pytest.raises(OpmixError, match="loss became nan.*lower train.lr"):
         trainer.train_until(2)
+
+
+def test_resume_with_another_number_of_processes_is_refused(domains, tmp_path):
+    import json
+
+    trainer = _trainer(domains)
+    trainer.train_until(2)
+    trainer.save(tmp_path / "ckpt")
+    state_file = tmp_path / "ckpt" / "state.json"
+    state = json.loads(state_file.read_text())
+    state["loop"]["rank_samplers"] = [state["loop"]["sampler"]] * 2  # as written by a 2-process run
+    state_file.write_text(json.dumps(state))
+    with pytest.raises(OpmixError, match=r"data positions of 2 process\(es\), but this run has 1.*fix: resume with "
+                                         r"2 process"):
+        _trainer(domains).load(tmp_path / "ckpt")
+    _trainer(domains).load(tmp_path / "ckpt", weights_only=True)  # a new branch from the weights is fine
