@@ -98,9 +98,14 @@ class ContinualBaselinesConfig(Section):
 
     @model_validator(mode="after")
     def _grid_inside(self) -> ContinualBaselinesConfig:
-        if any(not 0 < r <= 1 for r in self.grid) or len(set(self.grid)) != len(self.grid):
-            raise ValueError("baselines.grid must hold distinct new-data fractions in (0, 1]; fix: e.g. [0.1, 0.5, 0.9]")
+        check_grid(self.grid, "new-data", "[0.1, 0.5, 0.9]")
         return self
+
+
+def check_grid(grid: list[float], what: str, example: str) -> None:
+    """A grid of new-data (or new-task) fractions: distinct, each in (0, 1]."""
+    if any(not 0 < r <= 1 for r in grid) or len(set(grid)) != len(grid):
+        raise ValueError(f"baselines.grid must hold distinct {what} fractions in (0, 1]; fix: e.g. {example}")
 
 
 class ContinualConfig(Section):

@@ -18,7 +18,7 @@ from opmix.config.base import (
     Section,
     TrainConfig,
 )
-from opmix.config.continual import ContinualMethodConfig
+from opmix.config.continual import ContinualMethodConfig, check_grid
 from opmix.instruct.tasks import TaskConfig
 
 INSTRUCT_METHODS = ("opmix", "sequential", "replay", "grid")
@@ -95,8 +95,7 @@ class InstructBaselinesConfig(Section):
 
     @model_validator(mode="after")
     def _grid_inside(self) -> InstructBaselinesConfig:
-        if any(not 0 < r <= 1 for r in self.grid) or len(set(self.grid)) != len(self.grid):
-            raise ValueError("baselines.grid must hold distinct new-task fractions in (0, 1]; fix: e.g. [0.2, 1.0]")
+        check_grid(self.grid, "new-task", "[0.2, 1.0]")
         return self
 
 

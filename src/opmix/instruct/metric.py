@@ -11,9 +11,9 @@ from collections.abc import Mapping, Sequence
 
 import torch
 
-from opmix.instruct.examples import ROLE, ROLE_PAD, ROLE_RESPONSE
 from opmix.instruct.generate import score_task
 from opmix.run.ledger import eval_flops, generation_flops
+from opmix.train.learners import IGNORE_INDEX, sft_inputs
 from opmix.workspace import Measured
 
 
@@ -44,21 +44,19 @@ class TaskMetric:
 
 @torch.no_grad()
 def response_loss(model: torch.nn.Module, rows, batch_size: int, pad_id: int) -> tuple[float, int]:
-    """Mean cross-entropy (nats) of the gold response tokens given their prompts, over (n, 3, T) example rows; and
-    the tokens read (prompts and responses)."""
+    """Mean cross-entropy (nats) of the gold response tokens given their prompts, over (n, 3, T) example rows (the
+    SFT learner's own inputs and masking); and the tokens read (prompts and responses)."""
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
     total, count, read = 0.0, 0, 0
     for start in range(0, len(rows), batch_size):
         batch = torch.as_tensor(rows[start:start + batch_size], device=device)
-        ids, roles = batch[:, 0].clamp(min=0), batch[:, ROLE]
-        ids = torch.where(roles == ROLE_PAD, torch.full_like(ids, pad_id), ids)
-        logits = model(input_ids=ids, attention_mask=(roles != ROLE_PAD).long()).logits[:, :-1].float()
-        target, scored = ids[:, 1:], roles[:, 1:] == ROLE_RESPONSE
-        nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), target, reduction="none")
-        total += float(nll[scored].sum())
-        count += int(scored.sum())
-        read += int((roles != ROLE_PAD).sum())
+        input_ids, attention_mask, labels = sft_inputs(batch, pad_id)
+        scored = int((labels[:, 1:] != IGNORE_INDEX).sum())  # the model shifts labels by one
+        loss = model(input_ids=input_ids, attention_mask=attention_mask, labels=labels).loss
+        total += float(loss) * scored
+        count += scored
+        read += int(attention_mask.sum())
     model.train(was_training)
     return total / max(count, 1), read

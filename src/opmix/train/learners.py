@@ -27,13 +27,8 @@ from opmix.instruct.examples import PAD_ID, ROLE, ROLE_RESPONSE, STUDENT
 IGNORE_INDEX = -100  # the label Hugging Face's causal-LM loss skips
 
 
-class LanguageModeling:
-    """Next-token cross-entropy on every position of a ``(B, T)`` token batch; every token is trained."""
-
-    kind = "lm"
-
-    def loss(self, model, batch: torch.Tensor) -> tuple[torch.Tensor, int]:
-        return model(input_ids=batch, labels=batch).loss, batch.numel()  # batch: (B, T)
+class StatelessLearner:
+    """What a learner without state of its own does after a step and in a checkpoint: nothing."""
 
     def after_step(self, model) -> None:
         pass
@@ -45,7 +40,16 @@ class LanguageModeling:
         pass
 
 
-class SFT:
+class LanguageModeling(StatelessLearner):
+    """Next-token cross-entropy on every position of a ``(B, T)`` token batch; every token is trained."""
+
+    kind = "lm"
+
+    def loss(self, model, batch: torch.Tensor) -> tuple[torch.Tensor, int]:
+        return model(input_ids=batch, labels=batch).loss, batch.numel()  # batch: (B, T)
+
+
+class SFT(StatelessLearner):
     """Supervised fine-tuning: cross-entropy on the response tokens of ``(B, 3, T)`` examples only.
 
     ``pad_id`` is the token id that stands in for ``PAD_ID`` in the forward pass (attention masks it out and it
@@ -61,15 +65,6 @@ class SFT:
         input_ids, attention_mask, labels = sft_inputs(batch, self.pad_id)
         out = model(input_ids=input_ids, attention_mask=attention_mask, labels=labels)
         return out.loss, int(attention_mask.sum())  # trained: every non-pad position runs forward and backward
-
-    def after_step(self, model) -> None:
-        pass
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"tensors": {}, "info": {}}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        pass
 
 
 def sft_inputs(batch: torch.Tensor, pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
