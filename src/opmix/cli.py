@@ -4,6 +4,7 @@ with code 2 and one line naming the problem and the fix."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import shutil
@@ -25,18 +26,33 @@ def main(argv: list[str] | None = None) -> int:
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     from opmix.progress import configure
+    from opmix.run import processes
 
     configure(quiet=args.quiet, verbose=args.verbose)
     _silence_libraries(args.verbose)
+    speaker = "opmix" if processes.is_main() else f"opmix (process {processes.rank()})"
     try:
-        return args.handler(args)
+        with _rank0_speaks():
+            return args.handler(args)
     except OpmixError as error:
-        print(f"opmix: error: {error}", file=sys.stderr)
+        print(f"{speaker}: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         again = getattr(args, "resume_command", None) or "the same command"
         print(f"opmix: interrupted; run {again} to resume where it stopped", file=sys.stderr)
         return 130
+
+
+@contextlib.contextmanager
+def _rank0_speaks():
+    """The processes of one run (``torchrun``, ``accelerate launch``) print one summary: rank 0's."""
+    from opmix.run import processes
+
+    if processes.is_main():
+        yield
+        return
+    with open(os.devnull, "w") as devnull, contextlib.redirect_stdout(devnull):
+        yield
 
 
 def _silence_libraries(verbose: bool) -> None:

@@ -31,6 +31,7 @@ from opmix.model import (
     model_vocab_size,
 )
 from opmix.probes.cache import ProbeCache, cache_folder
+from opmix.run import processes
 from opmix.run.ledger import ComputeLedger, count_params, eval_flops
 from opmix.run.rundir import RunDir
 from opmix.train.loop import make_accelerator
@@ -92,9 +93,17 @@ class Workspace:
         tokens = sum(int(s.size) for s in sets.values())
         return Measured(evaluate(model, sets, self.train.eval_batch_size), eval_flops(self.n_params, tokens), tokens)
 
+    def training_accelerator(self):
+        """What trains a model over all the run's processes: the accelerator (DDP), or FSDP when asked for."""
+        if self.train.parallel == "fsdp" and self.accelerator.num_processes > 1:
+            from opmix.train.fsdp import FSDPAccelerator
+
+            return FSDPAccelerator(self.accelerator)
+        return self.accelerator
+
     def sampler_seed(self, offset: int) -> int:
-        # each data-parallel process draws its own batches
-        return self.seed + offset + 7919 * self.accelerator.process_index
+        # the same on every process: they cut the same global batches (MixtureSampler's rank and world_size)
+        return self.seed + offset
 
 
 def check_inputs(
@@ -186,12 +195,13 @@ def open_workspace(
     tokenizer = check_inputs(model, domains, data, tokenizer_spec)  # before tokenizing anything
     accelerator = make_accelerator(train.precision)  # also before: bf16 without CUDA is a bad input
     cache_dir = Path(data.cache_dir) if data.cache_dir else run.path("cache")
-    tokenized = load_domains(
-        {d.name: d.files for d in domains}, tokenizer, data.seq_len, cache_dir,
-        eval_fraction=data.eval_fraction, eval_files={d.name: d.eval_files for d in domains if d.eval_files},
-        text_field={d.name: d.text_field for d in domains}, seed=seed, bin_dtype=data.bin_dtype,
-        max_eval_sequences=data.max_eval_sequences,
-    )
+    with processes.main_first():  # rank 0 tokenizes and fills the cache, the other processes then read it
+        tokenized = load_domains(
+            {d.name: d.files for d in domains}, tokenizer, data.seq_len, cache_dir,
+            eval_fraction=data.eval_fraction, eval_files={d.name: d.eval_files for d in domains if d.eval_files},
+            text_field={d.name: d.text_field for d in domains}, seed=seed, bin_dtype=data.bin_dtype,
+            max_eval_sequences=data.max_eval_sequences,
+        )
     notes = [warning for domain in tokenized.values() for warning in domain.warnings]
     for note in notes:
         log.warning("%s", note)

@@ -80,7 +80,8 @@ class DataConfig(Section):
                                "bounds the cost of evaluating every proxy; 256 kept the eval noise under 1/5 of the "
                                "loss gaps between mixtures on the demo domains (docs/FIDELITY.md).")
     bin_dtype: Literal["uint16", "uint32"] = Field(
-        "uint16", description="The dtype of raw `.bin` token files.")
+        "uint16", description="The dtype of raw token files: `.bin` without a Megatron `.idx` beside it, and `.npy` "
+                               "without a NumPy header (OLMo/Dolma's token files).")
     cache_dir: Path | None = Field(
         None, description="Where tokenized domains are cached as `.npy`. Null: `<run dir>/cache`.")
     allow_repetition: bool = Field(
@@ -121,6 +122,12 @@ class TrainConfig(Section):
                              "optimizer, sampler, RNG). 0: a checkpoint only at the end of each step.")
     precision: Literal["auto", "fp32", "bf16"] = Field(
         "auto", description="`auto`: bf16 autocast on CUDA, fp32 on CPU.")
+    parallel: Literal["ddp", "fsdp"] = Field(
+        "ddp", description="How several processes (`torchrun`, `accelerate launch`) share a training step: `ddp`, "
+                           "every process holds the whole model and gradients are averaged; `fsdp`, PyTorch FSDP2 "
+                           "full shard (parameters, gradients and optimizer state split across the processes, each "
+                           "decoder layer a unit), for models that do not fit one device. Ignored with one process. "
+                           "Probes trained concurrently, one per process, are never sharded.")
     eval_every: int = Field(
         0, ge=0, description="Log the per-domain eval loss every N steps. 0: only at the end of a training step.")
 

@@ -132,6 +132,9 @@ class InstructConfig(Section):
         if len(self.tasks) < 2 and self.run != "sequential":
             raise ValueError(f"run={self.run} needs at least two tasks, got {len(self.tasks)}; fix: add a task, or "
                              "use run=sequential to learn one task")
+        if self.learner == "sdft" and self.train.parallel == "fsdp":  # its EMA teacher is a whole copy per process
+            raise ValueError("learner=sdft cannot train with train.parallel=fsdp (its teacher is not sharded); fix: "
+                             "use train.parallel: ddp, or learner: sft")
         names = [t.name for t in self.tasks]
         twice = sorted({n for n in names if names.count(n) > 1})
         if twice:

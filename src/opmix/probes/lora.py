@@ -107,11 +107,12 @@ def make_probe(model: nn.Module, r: int = 16, alpha: float = 32, dropout: float 
     return peft_model
 
 
-def save_probe(peft_model, directory: str | os.PathLike) -> None:
+def save_probe(peft_model, directory: str | os.PathLike, state_dict: dict | None = None) -> None:
     """Write the active adapter as ``adapter_model.safetensors`` + ``adapter_config.json`` (PEFT's format, loadable
     with ``PeftModel.from_pretrained``) plus our layout sidecar. Written to a temporary directory next to the
     target, then moved into place (``opmix.run.atomic.atomic_dir``), so a reader never sees a half-written probe
-    (when overwriting, the old probe is moved aside first: for that instant the directory is absent, never partial)."""
+    (when overwriting, the old probe is moved aside first: for that instant the directory is absent, never partial).
+    ``state_dict``: the model's (trainable) weights when its own are sharded (FSDP gathers them first)."""
     directory = Path(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
     adapter = peft_model.active_adapter
@@ -121,7 +122,8 @@ def save_probe(peft_model, directory: str | os.PathLike) -> None:
                         if hasattr(m, "lora_A") and adapter in m.lora_A and is_fan_in_fan_out(m.get_base_layer()))
     with atomic_dir(directory) as out:  # fsynced, swept by the run directory if the process is killed midway
         scratch = out / ".peft"
-        peft_model.save_pretrained(scratch, selected_adapters=[adapter], safe_serialization=True)
+        peft_model.save_pretrained(scratch, selected_adapters=[adapter], safe_serialization=True,
+                                   **({"state_dict": state_dict} if state_dict is not None else {}))
         src = scratch if adapter == "default" else scratch / adapter  # PEFT nests non-default adapters
         for item in src.iterdir():
             if item.is_file():

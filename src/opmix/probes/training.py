@@ -57,7 +57,8 @@ def probe_trainer(
         raise OpmixError(f"probe steps must be >= 1, got {steps}", "give a positive number of probe steps")
     settings = {**DEFAULT_LORA, **(lora or {})}
     peft_model = make_probe(model, r=int(settings["r"]), alpha=settings["alpha"], dropout=settings["dropout"])
-    sampler = MixtureSampler(train_sets, dict(mixture), batch_size // grad_accum, seed=seed)
+    sampler = MixtureSampler(train_sets, dict(mixture), batch_size // grad_accum, seed=seed,
+                             rank=accelerator.process_index, world_size=accelerator.num_processes)
     schedule = WSDSchedule(steps, 0, round(decay_fraction * steps), final_lr_ratio)
     return Trainer(peft_model, sampler, schedule, lr, accelerator, weight_decay=weight_decay, betas=betas,
                    grad_clip=grad_clip, grad_accum=grad_accum, stage=stage, seed=seed, learner=learner)

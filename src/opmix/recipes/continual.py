@@ -50,7 +50,7 @@ from opmix.repetition import Repetition, consumed, tokens_per_step
 from opmix.report import export_model
 from opmix.run.rundir import RunDir
 from opmix.search import propose_mixture
-from opmix.stages import evaluate_proxies, train_full, train_probe
+from opmix.stages import ProbeJob, evaluate_proxies, train_full, train_probes
 from opmix.workspace import open_workspace
 
 
@@ -103,12 +103,12 @@ def run_stages(cfg, ws, budget, repetition: Repetition, stage_tokens: float) -> 
 
         # 1. Probes from the current checkpoint: old on 0.9p + 0.1Dk, new on 0.1p + 0.9Dk; 2x rate, no warmup.
         data = probe_mixtures(p, new, method.old_probe_share, method.new_probe_share)
-        adapters = [
-            train_probe(ws, f"s{k}_probe_{name}", checkpoint, data[c], budget.probe_steps(k, new),
-                        lr=method.probe_lr_multiplier * t.lr, decay_fraction=method.probe_decay_fraction,
-                        lora=method.lora.model_dump(), sampler_offset=1000 * k + i)
+        adapters = train_probes(ws, [
+            ProbeJob(f"s{k}_probe_{name}", checkpoint, data[c], budget.probe_steps(k, new),
+                     lr=method.probe_lr_multiplier * t.lr, decay_fraction=method.probe_decay_fraction,
+                     lora=method.lora.model_dump(), sampler_offset=1000 * k + i)
             for i, (name, c) in enumerate([("old", OLD), ("new", new)])
-        ]
+        ])
 
         # 2. Proxies theta_0 + (1-a) Delta_old + a Delta_new, measured on the eval split of every seen domain.
         Y = evaluate_proxies(ws, f"s{k}_proxies", checkpoint, adapters, ["probe_old", "probe_new"],

@@ -45,7 +45,7 @@ from opmix.repetition import Repetition, consumed, plan, tokens_per_step
 from opmix.report import export_model, run_summary
 from opmix.run.rundir import RunDir
 from opmix.search import propose_mixture
-from opmix.stages import evaluate_proxies, train_full, train_probe
+from opmix.stages import ProbeJob, evaluate_proxies, train_full, train_probes
 from opmix.train.schedule import WSDSchedule
 from opmix.workspace import open_workspace
 
@@ -79,12 +79,12 @@ def run(cfg: PretrainConfig, run_dir: RunDir) -> dict:
     probe_data = {OLD: p} | {
         d: mix([(method.domain_probe_share, {d: 1.0}), (1 - method.domain_probe_share, p)]) for d in domains
     }
-    adapters = [
-        train_probe(ws, f"probe_{c}", prefix, probe_data[c], cfg.probe_steps,
-                    lr=method.probe_lr_multiplier * cfg.train.lr, decay_fraction=method.probe_decay_fraction,
-                    lora=method.lora.model_dump(), sampler_offset=1000 * (i + 1))
+    adapters = train_probes(ws, [
+        ProbeJob(f"probe_{c}", prefix, probe_data[c], cfg.probe_steps, lr=method.probe_lr_multiplier * cfg.train.lr,
+                 decay_fraction=method.probe_decay_fraction, lora=method.lora.model_dump(),
+                 sampler_offset=1000 * (i + 1))
         for i, c in enumerate(components)
-    ]
+    ])  # concurrently, one per process, when there are several
 
     # 3. Proxies: Dirichlet(1) samples over the m+1 components, evaluated on every domain's eval split.
     X = proxy_points(len(components), method.n_proxies, seed=cfg.seed)  # (P, m+1)

@@ -31,7 +31,7 @@ from opmix.report import export_model, run_summary
 from opmix.run.atomic import write_json
 from opmix.run.rundir import RunDir
 from opmix.search import Proposal, propose_mixture
-from opmix.stages import evaluate_proxies, train_full, train_probe
+from opmix.stages import ProbeJob, evaluate_proxies, train_full, train_probes
 from opmix.train.schedule import WSDSchedule
 from opmix.workspace import open_workspace
 
@@ -67,12 +67,12 @@ def run(cfg: UpdateConfig, run_dir: RunDir) -> dict:
         probe_data = {EXISTING: existing} | {
             d: mix([(method.domain_probe_share, {d: 1.0}), (1 - method.domain_probe_share, rest)]) for d in affected
         }
-        adapters = [
-            train_probe(ws, f"probe_{c}", start, probe_data[c], cfg.probe_steps,
-                        lr=method.probe_lr_multiplier * cfg.train.lr, decay_fraction=method.probe_decay_fraction,
-                        lora=method.lora.model_dump(), sampler_offset=1000 * (i + 1))
+        adapters = train_probes(ws, [
+            ProbeJob(f"probe_{c}", start, probe_data[c], cfg.probe_steps, lr=method.probe_lr_multiplier * cfg.train.lr,
+                     decay_fraction=method.probe_decay_fraction, lora=method.lora.model_dump(),
+                     sampler_offset=1000 * (i + 1))
             for i, c in enumerate(components)
-        ]
+        ])
         # 2. Proxies over the components, evaluated on every domain.
         X = proxy_points(len(components), cfg.update_proxies, seed=cfg.seed)
         Y = evaluate_proxies(ws, "proxies", start, adapters, components, X)

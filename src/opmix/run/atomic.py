@@ -7,6 +7,9 @@ filesystem, permissions) becomes an ``OpmixError`` naming the path and the fix; 
 serializer cannot handle) is re-raised as is, because it is a bug, not something the user can fix.
 
 Temp names contain ``TEMP_MARK`` so that a run directory's owner can sweep leftovers of a killed process.
+
+In a multi-process run only rank 0 writes (``opmix.run.processes.writes_here``): elsewhere the writers do nothing,
+and ``atomic_file`` / ``atomic_dir`` hand out a throwaway temp file / folder outside the target's directory.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import json
 import os
 import secrets
 import shutil
+import tempfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -26,6 +30,7 @@ from typing import Any
 import yaml
 
 from opmix.errors import OpmixError
+from opmix.run.processes import writes_here
 
 TEMP_MARK = ".opmix-tmp-"  # in the name of every temp file/folder this module creates
 OLD_MARK = ".opmix-old-"  # a replaced folder, briefly, while atomic_dir swaps it out
@@ -88,6 +93,10 @@ def atomic_file(path: str | os.PathLike) -> Iterator[io.BufferedWriter]:
 
     For outputs too large to build in memory first (token caches): the caller streams into the handle.
     """
+    if not writes_here():
+        with tempfile.TemporaryFile() as discarded:
+            yield discarded
+        return
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.parent / f".{path.name}{TEMP_MARK}{secrets.token_hex(4)}"
@@ -114,6 +123,10 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     after the new folder is in place; a crash between the two renames leaves ``path`` missing (and an
     ``OLD_MARK`` folder behind), which a run directory treats as "step not done".
     """
+    if not writes_here():
+        with tempfile.TemporaryDirectory() as discarded:
+            yield Path(discarded)
+        return
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.parent / f".{path.name}{TEMP_MARK}{secrets.token_hex(4)}"
@@ -157,6 +170,8 @@ def remove_leftovers(root: str | os.PathLike) -> int:
 
 
 def _write_atomic(path: Path, write: Callable[[int], None]) -> None:
+    if not writes_here():
+        return
     tmp = path.parent / f".{path.name}{TEMP_MARK}{secrets.token_hex(4)}"
     fd = -1
     try:

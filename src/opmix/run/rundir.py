@@ -38,6 +38,7 @@ from typing import Any
 import yaml
 
 from opmix.errors import OpmixError, RunLockedError
+from opmix.run import processes
 from opmix.run.atomic import remove_leftovers, write_json, write_yaml
 from opmix.run.faults import fault_point
 
@@ -131,16 +132,22 @@ class RunDir:
         be JSON-serializable. Call this only after every artifact is completely written.
         """
         marker = self._marker(step)
-        records = [self._record(Path(a)) for a in artifacts]
-        fault_point(f"mark:{step}")
-        finished_at = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-        write_json(marker, {"step": step, "finished_at": finished_at, "info": info or {}, "artifacts": records})
+        if processes.writes_here():
+            records = [self._record(Path(a)) for a in artifacts]
+            fault_point(f"mark:{step}")
+            finished_at = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+            write_json(marker, {"step": step, "finished_at": finished_at, "info": info or {}, "artifacts": records})
+        processes.barrier()  # every process of the run calls it: none reads the step's files before they exist
 
     def is_done(self, step: str) -> bool:
         """True iff ``step``'s marker exists and every artifact it lists verifies (size, then sha256).
 
         A marker whose artifact is missing or altered logs a warning and gives False: the caller redoes the step.
+        In a multi-process run it is rank 0's answer on every process (all of them take the same branch).
         """
+        return processes.from_main(lambda: self._verified(step))
+
+    def _verified(self, step: str) -> bool:
         marker = self._read_marker(step)
         if marker is None:
             return False
@@ -165,7 +172,8 @@ class RunDir:
 
     def invalidate(self, step: str) -> None:
         """Remove ``step``'s marker, so the step is redone. Its artifacts are left in place."""
-        self._marker(step).unlink(missing_ok=True)
+        if processes.writes_here():
+            self._marker(step).unlink(missing_ok=True)
 
     def _read_marker(self, step: str) -> dict | None:
         marker = self._marker(step)

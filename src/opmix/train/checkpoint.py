@@ -32,14 +32,18 @@ def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 
 def save_trainer_checkpoint(directory: Path, model, optimizer, loop_state: dict, rng: dict | None = None,
-                            learner: dict | None = None) -> None:
+                            learner: dict | None = None, weights: dict | None = None,
+                            optimizer_state: dict | None = None) -> None:
     """``rng``: named RNG state tensors to restore on resume (default: this process's global torch RNG).
     ``learner``: ``{"kind", "tensors", "info"}`` of a learner with state (``opmix.train.learners``); its tensors go
-    to ``learner.safetensors`` and the rest to ``state.json``, in the same atomic folder as the weights."""
+    to ``learner.safetensors`` and the rest to ``state.json``, in the same atomic folder as the weights.
+    ``weights`` / ``optimizer_state``: given when the model's own are sharded (FSDP gathers them first)."""
+    weights = trainable_state(model) if weights is None else weights
+    optimizer_state = optimizer.state_dict() if optimizer_state is None else optimizer_state
     with atomic_dir(Path(directory)) as tmp:
-        save_safetensors(tmp / WEIGHTS, {n: t.cpu() for n, t in trainable_state(model).items()})
+        save_safetensors(tmp / WEIGHTS, {n: t.cpu() for n, t in weights.items()})
         fault_point("checkpoint")
-        tensors, structure = _flatten_optimizer(optimizer.state_dict())
+        tensors, structure = _flatten_optimizer(optimizer_state)
         save_safetensors(tmp / OPTIMIZER, tensors)
         save_safetensors(tmp / RNG, _rng_state() if rng is None else rng)
         names = [WEIGHTS, OPTIMIZER, RNG]
@@ -81,7 +85,9 @@ def resumable(directory: Path) -> bool:
     return problem is None
 
 
-def load_trainer_checkpoint(directory: Path, model, optimizer=None) -> dict:
+def load_trainer_checkpoint(directory: Path, model, optimizer=None, assign=None) -> dict:
+    """Restore the checkpoint's weights (and optimizer state, when ``optimizer`` is given) into ``model``; returns
+    its loop state. ``assign(weights, optimizer_state)`` loads them instead, for a sharded model (FSDP)."""
     directory = Path(directory)
     if not (directory / STATE).is_file():
         raise OpmixError(f"checkpoint {directory} is incomplete (no {STATE})", "delete it and re-run to redo the step")
@@ -91,14 +97,20 @@ def load_trainer_checkpoint(directory: Path, model, optimizer=None) -> dict:
         missing = sorted(expected - set(weights))[:3]
         raise OpmixError(f"checkpoint {directory} does not match the model (missing {missing})", "use a new --out")
     device = next(model.parameters()).device
+    saved = json.loads((directory / STATE).read_text())
+    optimizer_state = None
+    if optimizer is not None:
+        tensors = load_file(str(directory / OPTIMIZER))
+        optimizer_state = _unflatten_optimizer(tensors, saved["optimizer"], device)
+    if assign is not None:
+        assign(weights, optimizer_state)
+        return saved["loop"]
     with torch.no_grad():
         parameters = dict(model.named_parameters())
         for name, tensor in weights.items():
             parameters[name].copy_(tensor.to(device))
-    saved = json.loads((directory / STATE).read_text())
-    if optimizer is not None:
-        tensors = load_file(str(directory / OPTIMIZER))
-        optimizer.load_state_dict(_unflatten_optimizer(tensors, saved["optimizer"], device))
+    if optimizer_state is not None:
+        optimizer.load_state_dict(optimizer_state)
     return saved["loop"]
 
 

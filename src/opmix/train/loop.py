@@ -1,9 +1,11 @@
 """The only training loop: AdamW, WSD schedule, gradient clipping and accumulation, bf16 autocast on CUDA.
 
-Built on ``accelerate`` so that ``accelerate launch`` runs it data-parallel unchanged: each process draws its own
-batches (its sampler is seeded with its rank) and gradients are averaged by accelerate's DDP wrapper. The whole loop
-state (step, optimizer, sampler, RNG) is saved and restored together, so a resumed run equals an uninterrupted one;
-with several processes, rank 0 writes the checkpoint holding every rank's sampler and RNG state.
+Built on ``accelerate`` so that ``accelerate launch`` / ``torchrun`` run it data-parallel unchanged: each process
+takes its slice of every global batch (``MixtureSampler(rank=, world_size=)``) and gradients are averaged by
+accelerate's DDP wrapper. The whole loop state (step, optimizer, sampler, RNG) is saved and restored together, so a
+resumed run equals an uninterrupted one; with several processes, rank 0 writes the checkpoint holding the (shared)
+sampler state and every rank's RNG state. A trainer may also run on one process of a multi-process run alone
+(``LocalAccelerator``): a probe trained on its own rank while the other ranks train other probes.
 
 The trainer owns its random state: dropout (e.g. a LoRA probe's) draws from torch's global generator, so each
 optimizer step runs with the global generator swapped for the trainer's own, seeded by ``seed``. A step's
@@ -50,6 +52,43 @@ def make_accelerator(precision: str = "auto"):
     return Accelerator(mixed_precision=mixed, cpu=not cuda)
 
 
+class LocalAccelerator:
+    """What the trainer needs of an ``Accelerator``, for training on this process alone (no collectives), on the
+    device and with the autocast of the run's accelerator."""
+
+    num_processes, process_index, is_main_process = 1, 0, True
+
+    def __init__(self, accelerator):
+        self.device = accelerator.device
+        self.mixed_precision = getattr(accelerator, "mixed_precision", "no")
+
+    def prepare(self, model, optimizer):
+        if self.mixed_precision == "bf16" and self.device.type == "cuda":
+            forward = model.forward
+
+            def autocast_forward(*args, **kwargs):
+                with torch.autocast("cuda", dtype=torch.bfloat16):
+                    return forward(*args, **kwargs)
+
+            model.forward = autocast_forward
+        return model.to(self.device), optimizer
+
+    def backward(self, loss):
+        loss.backward()
+
+    def no_sync(self, model):
+        return nullcontext()
+
+    def clip_grad_norm_(self, parameters, max_norm):
+        return torch.nn.utils.clip_grad_norm_(parameters, max_norm)
+
+    def unwrap_model(self, model):
+        return model
+
+    def wait_for_everyone(self):
+        pass
+
+
 class Trainer:
     """Trains ``model`` on batches from ``sampler`` until a given global step of ``schedule``.
 
@@ -89,7 +128,7 @@ class Trainer:
         self.seconds = 0.0
         self.last_loss = float("nan")
         self.last_checkpoint: tuple[Path, int] | None = None  # (folder, step) of the last save or load
-        self._rng = self._seeded_rng(seed)
+        self._rng = self._seeded_rng(seed + 7919 * accelerator.process_index)  # dropout differs across ranks
         trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
         # no weight decay on gains and biases (1-D tensors), as usual for transformers
         groups = [
@@ -98,7 +137,8 @@ class Trainer:
         ]
         optimizer = torch.optim.AdamW(groups, lr=lr, betas=betas, foreach=True)
         self.model, self.optimizer = accelerator.prepare(model, optimizer)
-        self._params = [p for _, p in trainable]
+        self._params = [p for p in self.model.parameters() if p.requires_grad]  # FSDP replaces them with shards
+        self._sharded = getattr(accelerator, "shards_parameters", False)
 
     def train_until(
         self,
@@ -171,6 +211,14 @@ class Trainer:
     def unwrapped_model(self) -> torch.nn.Module:
         return self.accelerator.unwrap_model(self.model)
 
+    def trainable_state(self) -> dict[str, torch.Tensor]:
+        """The trainable weights, whole (on rank 0 only when sharded). Every process must call it."""
+        from opmix.train.checkpoint import trainable_state
+
+        if self._sharded:
+            return self.accelerator.trainable_state(self.model)
+        return trainable_state(self.unwrapped_model())
+
     # -- random state: the trainer's own, swapped in for each step -----------------------------------------
     def _cuda(self) -> torch.device | None:
         device = self.accelerator.device
@@ -203,47 +251,51 @@ class Trainer:
     def save(self, directory: Path) -> None:
         """Trainable weights, optimizer, sampler, step and RNG, written atomically (safetensors + JSON).
 
-        Every process draws its own batches and dropout masks, so rank 0 gathers all ranks' sampler and RNG
-        states and writes them together (``rank_samplers``, ``rank<r>.<device>`` tensors)."""
-        from accelerate.utils import gather_object
+        Every process holds the same sampler state (the global stream) but draws its own dropout masks, so rank 0
+        gathers all ranks' RNG states and writes them together (``rank<r>.<device>`` tensors)."""
+        ranks = [self._rng]
+        if self.accelerator.num_processes > 1:
+            from accelerate.utils import gather_object
 
-        ranks = gather_object([{"sampler": self.sampler.state_dict(), "rng": self._rng}])
+            ranks = gather_object([self._rng])
+        weights = self.trainable_state()  # every process takes part: sharded weights are gathered to rank 0
+        optimizer_state = self.accelerator.optimizer_state(self.model, self.optimizer) if self._sharded else None
         if self.accelerator.is_main_process:
             loop_state = {
                 "step": self.step,
                 "stage": self.stage,
                 "tokens_trained": self.tokens_trained,
                 "seconds": self.seconds,
-                "sampler": ranks[0]["sampler"],
+                "sampler": self.sampler.state_dict(),
+                "world_size": self.accelerator.num_processes,
             }
-            if len(ranks) > 1:
-                loop_state["rank_samplers"] = [r["sampler"] for r in ranks]
-            rng = {f"rank{i}.{kind}": t for i, r in enumerate(ranks) for kind, t in r["rng"].items()}
+            rng = {f"rank{i}.{kind}": t for i, r in enumerate(ranks) for kind, t in r.items()}
             save_trainer_checkpoint(directory, self.unwrapped_model(), self.optimizer, loop_state, rng=rng,
-                                    learner=self._learner_state())
+                                    learner=self._learner_state(), weights=weights, optimizer_state=optimizer_state)
         self.accelerator.wait_for_everyone()
         self.last_checkpoint = (Path(directory), self.step)
 
     def load(self, directory: Path, weights_only: bool = False) -> None:
         """Restore a checkpoint. ``weights_only`` keeps this trainer's fresh optimizer, sampler and learner state
         (a new branch: e.g. an SDFT teacher then starts again from the loaded weights)."""
+        assign = None
+        if self._sharded:
+            def assign(weights, optimizer_state):
+                self.accelerator.load_state(self.model, self.optimizer, weights, optimizer_state)
         loop_state = load_trainer_checkpoint(
-            directory, model=self.unwrapped_model(), optimizer=None if weights_only else self.optimizer
+            directory, model=self.unwrapped_model(), optimizer=None if weights_only else self.optimizer, assign=assign
         )
         if not weights_only:
             self.step = loop_state["step"]
             self.tokens_trained = loop_state["tokens_trained"]
             self.seconds = loop_state["seconds"]
             rank = self.accelerator.process_index
-            samplers = loop_state.get("rank_samplers") or [loop_state["sampler"]]
-            processes = self.accelerator.num_processes
-            if len(samplers) != processes:  # another rank's data positions would repeat or skip batches
+            if "rank_samplers" in loop_state:  # written when every process drew its own stream: cannot re-shard
                 raise OpmixError(
-                    f"checkpoint {directory} holds the data positions of {len(samplers)} process(es), but this run "
-                    f"has {processes}: resuming would repeat some batches and skip others",
-                    f"resume with {len(samplers)} process(es) (accelerate launch --num_processes {len(samplers)}), "
-                    "or start a new run with another --out")
-            self.sampler.load_state_dict(samplers[rank])
+                    f"checkpoint {directory} was written by an opmix version whose processes drew their own "
+                    "batches; it cannot be resumed by this one",
+                    "finish the run with the opmix version that started it, or start a new run with another --out")
+            self.sampler.load_state_dict(loop_state["sampler"])  # re-sharded if the number of processes changed
             prefix = f"rank{rank}."
             saved = {k.removeprefix(prefix): t for k, t in load_rng(directory).items() if k.startswith(prefix)}
             if "cpu" in saved:  # a checkpoint without this rank's state keeps the seeded one

@@ -103,3 +103,41 @@ def test_batch_straddling_an_epoch_boundary():
     rows = [int(r) for _ in range(10) for r in sampler.next_batch()[0][:, 0]]
     for start in range(0, 30, 5):
         assert sorted(rows[start : start + 5]) == list(range(5))
+
+
+def _rows(batch):
+    return [int(v) for v in batch[:, 0]]
+
+
+@pytest.mark.parametrize("world", [2, 3, 4])
+def test_rank_shards_are_disjoint_and_make_the_global_batch(world):
+    domains = make_domains({"a": 40, "b": 25, "c": 9})
+    weights = {"a": 0.5, "b": 0.3, "c": 0.2}
+    single = MixtureSampler(domains, weights, batch_size=6 * world, seed=3)
+    ranks = [MixtureSampler(domains, weights, batch_size=6, seed=3, rank=r, world_size=world) for r in range(world)]
+    for _ in range(12):  # several epochs of the small domain
+        whole = _rows(single.next_batch()[0])
+        shards = [_rows(s.next_batch()[0]) for s in ranks]
+        # disjoint and complete: the shards are the global batch's positions cut in rank order, each once
+        assert all(len(shard) == 6 for shard in shards) and sum(shards, []) == whole
+    assert all(s.tokens_consumed == single.tokens_consumed for s in ranks)  # every process counts the global batch
+    assert all(s.epochs() == single.epochs() for s in ranks)
+
+
+def test_a_resume_with_another_number_of_processes_continues_the_same_rows():
+    domains = make_domains({"a": 30, "b": 30})
+    weights = {"a": 0.6, "b": 0.4}
+    reference = MixtureSampler(domains, weights, batch_size=8, seed=5)
+    expected = [_rows(reference.next_batch()[0]) for _ in range(6)]
+    two = [MixtureSampler(domains, weights, batch_size=4, seed=5, rank=r, world_size=2) for r in range(2)]
+    got = [sum((_rows(s.next_batch()[0]) for s in two), []) for _ in range(3)]
+    state = json.loads(json.dumps(two[0].state_dict()))  # through JSON, as a checkpoint holds it
+    one = MixtureSampler(domains, weights, batch_size=8, seed=5)  # resumed on one process with the same global batch
+    one.load_state_dict(state)
+    got += [_rows(one.next_batch()[0]) for _ in range(3)]
+    assert got == expected
+
+
+def test_a_rank_outside_the_world_is_refused():
+    with pytest.raises(OpmixError, match="rank 2 is not one of 2 process"):
+        MixtureSampler(make_domains({"a": 4}), {"a": 1.0}, batch_size=2, seed=0, rank=2, world_size=2)

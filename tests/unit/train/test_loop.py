@@ -79,7 +79,7 @@ def test_nan_loss_aborts_with_a_hint(domains):
         trainer.train_until(2)
 
 
-def test_resume_with_another_number_of_processes_is_refused(domains, tmp_path):
+def test_a_checkpoint_of_per_process_streams_is_refused(domains, tmp_path):
     import json
 
     trainer = _trainer(domains)
@@ -87,9 +87,19 @@ def test_resume_with_another_number_of_processes_is_refused(domains, tmp_path):
     trainer.save(tmp_path / "ckpt")
     state_file = tmp_path / "ckpt" / "state.json"
     state = json.loads(state_file.read_text())
-    state["loop"]["rank_samplers"] = [state["loop"]["sampler"]] * 2  # as written by a 2-process run
+    state["loop"]["rank_samplers"] = [state["loop"]["sampler"]] * 2  # as an older version wrote with 2 processes
     state_file.write_text(json.dumps(state))
-    with pytest.raises(OpmixError, match=r"data positions of 2 process\(es\), but this run has 1.*fix: resume with "
-                                         r"2 process"):
+    with pytest.raises(OpmixError, match=r"processes drew their own batches.*fix: finish the run with the opmix "
+                                         r"version that started it"):
         _trainer(domains).load(tmp_path / "ckpt")
     _trainer(domains).load(tmp_path / "ckpt", weights_only=True)  # a new branch from the weights is fine
+
+
+def test_a_checkpoint_records_the_number_of_processes_and_one_sampler_state(domains, tmp_path):
+    import json
+
+    trainer = _trainer(domains)
+    trainer.train_until(2)
+    trainer.save(tmp_path / "ckpt")
+    loop = json.loads((tmp_path / "ckpt" / "state.json").read_text())["loop"]
+    assert loop["world_size"] == 1 and "rank_samplers" not in loop and loop["sampler"]["world_size"] == 1
