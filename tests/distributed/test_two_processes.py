@@ -66,6 +66,11 @@ def test_a_killed_two_process_run_resumes_to_the_same_mixture(runs, tiny_pretrai
     """Killed (SIGKILL) mid final training; resumed by the same command with 2 processes, or with 1 (the sampler
     re-shards: the stream of rows continues, each step now one process's batch)."""
     out = tmp_path / "run"
+    if resume_with == 2:  # first in a probe trained on process 1 alone: it resumes from that process's checkpoint
+        out.parent.mkdir(parents=True, exist_ok=True)
+        assert launch(tiny_pretrain_base, out, 2, "step:probe_records:3").returncode != 0
+        assert json.loads((out / "probe_records/checkpoint/state.json").read_text())["loop"]["step"] == 2
+        assert not (out / "steps" / "probe_records.json").exists()
     _killed(tiny_pretrain_base, out, "step:final:7")
     run = finished(tiny_pretrain_base, out, resume_with, config_of=2)
     assert "final: steps 10..20" in run.stderr  # from the periodic checkpoint, not from the start
