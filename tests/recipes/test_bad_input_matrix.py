@@ -205,15 +205,17 @@ def test_invalid_yaml_names_the_line(tmp_path, capsys):
     assert re.search(r"not valid YAML at line \d", _error_line(capsys))
 
 
-@pytest.mark.parametrize("where", ["config", "cache"])
+@pytest.mark.parametrize("where", ["config", "cache", "scratch"])
 def test_out_of_disk_space(where, tmp_path, tiny_pretrain_raw, capsys, monkeypatch):
     def full(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")
 
     if where == "config":  # the first file a run writes
         monkeypatch.setattr("opmix.run.atomic._write_all", full)
-    else:  # the token cache, streamed to disk
-        monkeypatch.setattr("opmix.data.cache.np.save", full)
+    elif where == "cache":  # the token cache, streamed to disk
+        monkeypatch.setattr("opmix.data.tokenize_parallel.SplitWriter.write", full)
+    else:  # the scratch file the encoded documents go to before their shuffled write
+        monkeypatch.setattr("opmix.data.tokenize_parallel._to_tokens", full)
     assert _run(tiny_pretrain_raw, tmp_path) == 2
     assert re.search(r"out of disk space writing .*; fix: free disk space on ", _error_line(capsys))
     assert not (tmp_path / "run").exists()

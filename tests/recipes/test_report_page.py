@@ -206,7 +206,7 @@ def test_report_of_runs_stopped_early(tiny_pretrain_raw, continual_run, tmp_path
     def stop(*args, **kwargs):  # stop the pretraining run right after its prefix
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(pretrain, "train_probe", stop)
+    monkeypatch.setattr(pretrain, "train_probes", stop)
     out = tmp_path / "stopped"
     with pytest.raises(KeyboardInterrupt), RunDir(out).lock() as run_dir:
         pretrain.run(load_config(None, PretrainConfig, raw=tiny_pretrain_raw), run_dir)

@@ -44,27 +44,40 @@ import json
 import logging
 import math
 import re
+import secrets
+import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from opmix.data.readers import (
-    is_pretokenized,
-    list_files,
-    read_documents,
-    read_token_arrays,
+from opmix.data.readers import is_pretokenized, list_files, read_documents
+from opmix.data.token_views import (
+    Boundaries,
+    ByteProgress,
+    SequenceView,
+    TokenFile,
+    TokenStream,
+    open_token_file,
+    scan_stream,
+)
+from opmix.data.tokenize_parallel import (
+    SplitWriter,
+    encode_to_file,
+    write_npy_header,
+    write_shuffled,
 )
 from opmix.errors import OpmixError
-from opmix.run.atomic import atomic_file, write_json
+from opmix.run.atomic import TEMP_MARK, atomic_file, storage_errors, write_json
 from opmix.run.faults import fault_point
+from opmix.run.processes import writes_here
 
 log = logging.getLogger(__name__)
 
-CACHE_FORMAT = 4  # bump when the stream layout changes, so old entries are not reused
-ENCODE_BATCH_DOCS = 512  # documents per batch encode call: large enough for the Rust side's parallelism
+CACHE_FORMAT = 5  # bump when the stream layout changes, so old entries are not reused
 MIN_PIECE_TOKENS = 2048  # an interleaved eval piece holds at least this many tokens: 8 sequences of 256
 MAX_PIECES = 64  # beyond this, more places in the stream add little to an eval set of a few hundred sequences
 
@@ -119,40 +132,27 @@ def encode_batch(tokenizer, texts: list[str]) -> list[list[int]]:
     return tokenizer(texts, add_special_tokens=False, truncation=False)["input_ids"]
 
 
-def _encode_documents(name, files, tokenizer, text_field, rng, dtype) -> list[np.ndarray]:
-    """Per-document token arrays (each ending in EOS) in a seeded shuffled order."""
-    docs = list(read_documents(files, text_field=text_field))
-    if not docs:
+def _read_text_documents(name, files, text_field):
+    """The documents of text files, streamed; an error when there are none."""
+    found = False
+    for doc in read_documents(files, text_field=text_field):
+        found = True
+        yield doc
+    if not found:
         raise OpmixError(f"domain {name!r}: its files hold no non-empty documents", "add text to the domain's files")
-    order = rng.permutation(len(docs))
+
+
+def _encode_text(name, files, tokenizer, text_field, dtype, scratch: Path, label: str) -> np.ndarray:
+    """Encode a text domain's documents into ``scratch`` (raw ids, EOS after each); returns their lengths."""
     eos = tokenizer.eos_token_id
     if eos is None:
         raise OpmixError("the tokenizer has no EOS token", "use a tokenizer with eos_token set")
-    out: list[np.ndarray] = []
-    for start in range(0, len(docs), ENCODE_BATCH_DOCS):
-        batch = [docs[i] for i in order[start : start + ENCODE_BATCH_DOCS]]
-        for ids in encode_batch(tokenizer, batch):
-            arr = np.empty(len(ids) + 1, dtype=dtype)
-            arr[:-1] = ids
-            arr[-1] = eos
-            out.append(arr)
-    return out
-
-
-def _token_stream(name, files, bin_dtype, tokenizer, dtype) -> np.ndarray:
-    """Concatenate pre-tokenized files, checking every id fits the tokenizer's vocabulary."""
-    limit = vocab_size(tokenizer)
-    arrays = read_token_arrays(files, bin_dtype=bin_dtype)
-    for path, arr in zip(list_files(files), arrays):
-        if arr.size and int(arr.max()) >= limit:
-            raise OpmixError(
-                f"domain {name!r}: {path} holds token id {int(arr.max())} but the tokenizer's vocabulary has "
-                f"{limit} ids (vocabulary mismatch)",
-                "use the tokenizer the files were made with, or re-tokenize the text",
-            )
-    if not arrays:
-        return np.zeros(0, dtype=dtype)
-    return np.concatenate([np.asarray(a, dtype=dtype) for a in arrays])
+    total = sum(f.stat().st_size for f in files)
+    with ByteProgress(f"tokenize {label}", total) as progress, storage_errors(scratch):
+        return encode_to_file(
+            _read_text_documents(name, files, text_field), tokenizer, lambda t, texts: encode_batch(t, texts),
+            dtype, eos, scratch, progress,
+        )
 
 
 def _tail_split(lengths: np.ndarray, eval_fraction: float) -> int:
@@ -179,17 +179,17 @@ def _snap(position: int, boundaries: np.ndarray) -> int:
     return low if position - low <= high - position else high
 
 
-def _interleaved_pieces(n: int, eval_fraction: float, doc_starts: np.ndarray | None) -> Pieces:
-    """The last ``eval_fraction`` of each of B equal blocks of an n-token stream (see the module docstring)."""
+def _interleaved_pieces(n: int, eval_fraction: float, snap: Callable[[int], int] | None) -> Pieces:
+    """The last ``eval_fraction`` of each of B equal blocks of an n-token stream (see the module docstring);
+    ``snap`` moves a cut to the nearest document boundary (None: no known boundaries)."""
     target = math.ceil(eval_fraction * n)
     blocks = max(1, min(MAX_PIECES, target // MIN_PIECE_TOKENS))
     edges = [k * n // blocks for k in range(blocks + 1)]
     exact = [(end - math.ceil(eval_fraction * (end - start)), end) for start, end in zip(edges[:-1], edges[1:])]
-    if doc_starts is None:
+    if snap is None:
         return exact
-    boundaries = np.append(doc_starts, n)
     # Snapping is monotone, so the pieces stay sorted and disjoint; pieces that shrink to nothing are dropped.
-    snapped = [(s, e) for s, e in ((_snap(a, boundaries), _snap(b, boundaries)) for a, b in exact) if e > s]
+    snapped = [(s, e) for s, e in ((snap(a), snap(b)) for a, b in exact) if e > s]
     held_out = sum(e - s for s, e in snapped)
     if target / 2 <= held_out <= 2 * target and held_out < n:
         return snapped
@@ -205,85 +205,175 @@ def max_eval_tokens(tokens: int, eval_fraction: float) -> int:
     return 2 * math.ceil(eval_fraction * tokens)
 
 
-def _split(stream: np.ndarray, pieces: Pieces) -> tuple[np.ndarray, np.ndarray]:
-    """(train, eval): the stream without the pieces, in order, and the pieces concatenated."""
-    keep = np.ones(len(stream), dtype=bool)
+def _complement(pieces: Pieces, n: int) -> Pieces:
+    """[0, n) without the pieces: the train ranges, in order."""
+    out, at = [], 0
     for start, end in pieces:
-        keep[start:end] = False
-    return stream[keep], stream[~keep]
+        if start > at:
+            out.append((at, start))
+        at = max(at, end)
+    if at < n:
+        out.append((at, n))
+    return out
 
 
-def _eos_doc_starts(stream: np.ndarray, eos: int | None) -> np.ndarray | None:
-    """Start offsets of the documents of a pre-tokenized stream (each EOS ends one); None without any EOS."""
-    if eos is None:
-        return None
-    ends = np.flatnonzero(stream == eos) + 1
-    if not len(ends):
-        return None
-    return np.concatenate([[0], ends[ends < len(stream)]])
-
-
-def _documents_touched(pieces: Pieces, doc_starts: np.ndarray | None) -> int | None:
-    """How many documents have tokens in the pieces; None when the stream has no known document boundaries."""
-    if doc_starts is None:
+def _documents_touched(pieces: Pieces, doc_index: Callable[[int], int] | None) -> int | None:
+    """How many documents have tokens in the pieces; None when the stream has no known document boundaries.
+    ``doc_index(x)``: the index of the document holding token x."""
+    if doc_index is None:
         return None
     count, last_counted = 0, -1
     for start, end in pieces:
-        first = max(int(np.searchsorted(doc_starts, start, side="right")) - 1, last_counted + 1)
-        last = int(np.searchsorted(doc_starts, end - 1, side="right")) - 1
+        first = max(doc_index(start), last_counted + 1)
+        last = doc_index(end - 1)
         count += max(0, last - first + 1)
         last_counted = max(last_counted, last)
     return count
 
 
+def _starts_index(doc_starts: np.ndarray) -> Callable[[int], int]:
+    return lambda x: int(np.searchsorted(doc_starts, x, side="right")) - 1
+
+
 @dataclass
-class _Streams:
-    train: np.ndarray
-    eval: np.ndarray
-    eval_pieces: Pieces  # where the eval tokens came from: [start, end) in the source stream
-    eval_documents: int | None  # documents with tokens in the eval split (None: no separators to count by)
+class _Split:
+    """One split of an entry as built: where its tokens live (``cache``: an array of the entry; ``files``: ranges
+    of the domain's files; ``eval_files``: of its eval files), and how many."""
+
+    source: str
+    tokens: int
+    ranges: Pieces = field(default_factory=list)  # for "files"/"eval_files": [start, end) of that stream
 
 
-def _build_streams(name, files, eval_files, tokenizer, eval_fraction, text_field, seed, bin_dtype) -> _Streams:
+def _token_files(paths, bin_dtype) -> list[TokenFile]:
+    return [open_token_file(p, bin_dtype) for p in list_files(paths)]
+
+
+def _scan(name, stream: TokenStream, tokenizer, queries, label) -> Boundaries:
+    with ByteProgress(f"check {label}", sum(f.size * f.dtype.itemsize for f in stream.files)) as progress:
+        return scan_stream(stream, tokenizer.eos_token_id, queries, vocab_size(tokenizer), name, progress)
+
+
+def _pretokenized_split(name, files, tokenizer, eval_fraction, bin_dtype, held_out: bool):
+    """(train split, eval split or None, eval pieces, eval documents) of pre-tokenized files, read in place:
+    one bounded pass checks every id and finds the document boundaries around the interleaved cuts."""
+    stream = TokenStream(_token_files(files, bin_dtype), token_dtype(tokenizer))
+    n = stream.size
+    if not held_out:
+        bounds = _scan(name, stream, tokenizer, [0, n - 1] if n else [], name)
+        pieces = [(0, n)] if n else []
+        touched = _documents_touched(pieces, _counted(bounds))
+        return _Split("files", n, pieces), pieces, touched
+    exact = _interleaved_pieces(n, eval_fraction, None)
+    queries = {x for s, e in exact for x in (s, e, max(s, e - 1))}
+    bounds = _scan(name, stream, tokenizer, queries if n else [], name)
+    pieces = _interleaved_pieces(n, eval_fraction, bounds.snap) if bounds.found and n else exact
+    pieces = [(s, e) for s, e in pieces if e > s]
+    train = _Split("files", n - sum(e - s for s, e in pieces), _complement(pieces, n))
+    return train, pieces, _documents_touched(pieces, _counted(bounds))
+
+
+def _counted(bounds: Boundaries) -> Callable[[int], int] | None:
+    if not bounds.found:
+        return None
+    known = bounds.doc_counts()
+    return lambda x: known[x] - 1
+
+
+def _scratch(entry: Path) -> Path:
+    folder = entry if writes_here() else Path(tempfile.gettempdir())
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder / f".tokens{TEMP_MARK}{secrets.token_hex(4)}"
+
+
+def _write_text(entry: Path, scratch: Path, lengths: np.ndarray, order: np.ndarray, pieces: Pieces, dtype,
+                outputs: tuple[str, ...]) -> dict[str, int]:
+    """Write the documents of ``scratch`` in ``order``: the tokens in ``pieces`` to eval.npy, the rest to
+    train.npy (only the ``outputs`` named); returns the written files' sizes."""
+    n = int(lengths.sum())
+    held = sum(e - s for s, e in pieces)
+    counts = {"train": n - held, "eval": held}
+    with ExitStack() as stack:
+        handles = {}
+        for split in ("train", "eval"):
+            if split in outputs:
+                handles[split] = stack.enter_context(atomic_file(entry / f"{split}.npy"))
+                write_npy_header(handles[split], dtype, counts[split])
+            else:
+                handles[split] = None
+        write_shuffled(scratch, lengths, order, dtype, SplitWriter(handles["train"], handles["eval"], pieces))
+    return {split: (entry / f"{split}.npy").stat().st_size if writes_here() else 0 for split in outputs}
+
+
+def _build_entry(name, entry, files, eval_files, tokenizer, eval_fraction, text_field, seed, bin_dtype,
+                 seq_len) -> dict:
+    """Build a cache entry; returns its meta (not yet written)."""
     dtype = token_dtype(tokenizer)
     rng = np.random.default_rng(seed)
-    eos = tokenizer.eos_token_id
-    if is_pretokenized(files):
-        stream = _token_stream(name, files, bin_dtype, tokenizer, dtype)
-        doc_starts = _eos_doc_starts(stream, eos)
-        pieces = _interleaved_pieces(len(stream), eval_fraction, doc_starts) if eval_files is None else []
-    else:
-        docs = _encode_documents(name, files, tokenizer, text_field, rng, dtype)
-        stream = np.concatenate(docs)
-        lengths = np.array([len(d) for d in docs])
-        doc_starts = np.cumsum(lengths) - lengths
-        pieces = []
-        if eval_files is None:
-            eval_tokens = int(lengths[_tail_split(lengths, eval_fraction):].sum())
-            if 0 < eval_tokens <= 2 * math.ceil(eval_fraction * len(stream)):
-                pieces = [(len(stream) - eval_tokens, len(stream))]  # whole shuffled documents: a random sample
+    sizes: dict[str, int] = {}
+    held_out = eval_files is None
+    scratch_files: list[Path] = []
+    try:
+        if is_pretokenized(files):
+            train, pieces, touched = _pretokenized_split(name, files, tokenizer, eval_fraction, bin_dtype, held_out)
+            evals = _Split("files", sum(e - s for s, e in pieces), pieces) if held_out else None
+            if held_out:
+                _check_sizes(name, train.tokens, evals.tokens, seq_len, False)
+        else:
+            scratch = _scratch(entry)
+            scratch_files.append(scratch)
+            lengths = _encode_text(name, files, tokenizer, text_field, dtype, scratch, name)
+            order = rng.permutation(len(lengths))
+            shuffled = lengths[order]
+            n = int(shuffled.sum())
+            doc_starts = np.cumsum(shuffled) - shuffled
+            pieces = []
+            if held_out:
+                eval_tokens = int(shuffled[_tail_split(shuffled, eval_fraction):].sum())
+                if 0 < eval_tokens <= 2 * math.ceil(eval_fraction * n):
+                    pieces = [(n - eval_tokens, n)]  # whole shuffled documents: a random sample
+                else:
+                    boundaries = np.append(doc_starts, n)
+                    pieces = _interleaved_pieces(n, eval_fraction, lambda p: _snap(p, boundaries))
+                held = sum(e - s for s, e in pieces)
+                _check_sizes(name, n - held, held, seq_len, False)
+                touched = _documents_touched(pieces, _starts_index(doc_starts))
+            train = _Split("cache", n - sum(e - s for s, e in pieces))
+            evals = _Split("cache", n - train.tokens) if held_out else None
+            sizes.update(_write_text(entry, scratch, lengths, order, pieces, dtype,
+                                     ("train", "eval") if held_out else ("train",)))
+        if not held_out:
+            eval_rng = np.random.default_rng([seed, 1])  # its own stream: the train order does not depend on it
+            if is_pretokenized(eval_files):
+                evals, pieces, touched = _pretokenized_split(name, eval_files, tokenizer, eval_fraction, bin_dtype,
+                                                             False)
+                evals.source = "eval_files"
+                _check_sizes(name, train.tokens, evals.tokens, seq_len, True)
             else:
-                pieces = _interleaved_pieces(len(stream), eval_fraction, doc_starts)
-    if eval_files is None:
-        train, evals = _split(stream, pieces)
-        return _Streams(train, evals, pieces, _documents_touched(pieces, doc_starts))
-    eval_rng = np.random.default_rng([seed, 1])  # its own stream: the train order does not depend on it
-    if is_pretokenized(eval_files):
-        evals = _token_stream(name, eval_files, bin_dtype, tokenizer, dtype)
-        eval_doc_starts = _eos_doc_starts(evals, eos)
-    else:
-        eval_docs = _encode_documents(name, eval_files, tokenizer, text_field, eval_rng, dtype)
-        evals = np.concatenate(eval_docs)
-        eval_doc_starts = np.cumsum([len(d) for d in eval_docs]) - np.array([len(d) for d in eval_docs])
-    whole = [(0, len(evals))] if len(evals) else []
-    return _Streams(stream, evals, whole, _documents_touched(whole, eval_doc_starts))
-
-
-def _save_atomic(path: Path, array: np.ndarray) -> int:
-    """Write ``array`` as ``.npy`` atomically; returns the file's size in bytes."""
-    with atomic_file(path) as handle:
-        np.save(handle, array, allow_pickle=False)
-    return path.stat().st_size
+                _check_sizes(name, train.tokens, seq_len, seq_len, True)  # the train split, before encoding more
+                scratch = _scratch(entry)
+                scratch_files.append(scratch)
+                lengths = _encode_text(name, eval_files, tokenizer, text_field, dtype, scratch, f"{name} (eval)")
+                order = eval_rng.permutation(len(lengths))
+                n = int(lengths.sum())
+                pieces = [(0, n)] if n else []
+                touched = len(lengths)
+                evals = _Split("cache", n)
+                _check_sizes(name, train.tokens, evals.tokens, seq_len, True)
+                sizes.update(_write_text(entry, scratch, lengths, order, [(0, n)], dtype, ("eval",)))
+    finally:
+        for path in scratch_files:
+            path.unlink(missing_ok=True)
+    meta = {
+        "name": name, "train_stream_tokens": train.tokens, "eval_stream_tokens": evals.tokens,
+        "eval_pieces": [[start, end - start] for start, end in pieces],
+        "eval_documents": touched, "bytes": sizes,
+        "train_source": train.source, "eval_source": evals.source,
+    }
+    if train.source == "files":
+        meta["train_ranges"] = [[s, e] for s, e in train.ranges]
+        meta["vocab_checked"] = vocab_size(tokenizer)  # every id of the files is below it
+    return meta
 
 
 def _cached_meta(entry: Path) -> dict | None:
@@ -298,6 +388,9 @@ def _cached_meta(entry: Path) -> dict | None:
                 raise ValueError(f"{split}.npy has changed size")
         if sum(length for _, length in meta["eval_pieces"]) != meta["eval_stream_tokens"]:
             raise ValueError("eval_pieces do not add up to the eval split")
+        if meta["train_source"] == "files" and sum(e - s for s, e in meta["train_ranges"]) != meta[
+                "train_stream_tokens"]:
+            raise ValueError("train_ranges do not add up to the train split")
     except (OSError, ValueError, KeyError, TypeError) as exc:
         log.warning("cache entry %s is damaged (%s); tokenizing again", entry, exc)
         return None
@@ -336,20 +429,52 @@ def spread_indices(available: int, count: int) -> np.ndarray:
     return np.arange(count, dtype=np.int64) * (available - 1) // (count - 1)
 
 
-def _eval_sequences(path: Path, piece_lengths: list[int], seq_len: int, limit: int | None) -> np.ndarray:
-    """The eval set: sequences cut inside each held-out piece, evenly spread over all of them when capped."""
-    stream = np.load(path, mmap_mode="r", allow_pickle=False)
+def _eval_starts(piece_lengths: list[int], total: int, seq_len: int, limit: int | None) -> np.ndarray:
+    """Where the eval sequences start in the eval stream (the pieces back to back): cut inside each held-out
+    piece, evenly spread over all of them when capped."""
     offsets = np.cumsum([0, *piece_lengths[:-1]])
     starts = np.concatenate(
         [np.arange(o, o + (n // seq_len) * seq_len, seq_len) for o, n in zip(offsets, piece_lengths)] or [[]]
     ).astype(np.int64)
     if not len(starts):  # every piece is shorter than a sequence: cut across them rather than have no eval set
-        starts = np.arange(0, (len(stream) // seq_len) * seq_len, seq_len)
+        starts = np.arange(0, (total // seq_len) * seq_len, seq_len, dtype=np.int64)
     if limit is not None:
         starts = starts[spread_indices(len(starts), limit)]
+    return starts
+
+
+def _eval_sequences(path: Path, piece_lengths: list[int], seq_len: int, limit: int | None) -> np.ndarray:
+    """The eval set of an entry's eval.npy."""
+    stream = np.load(path, mmap_mode="r", allow_pickle=False)
+    starts = _eval_starts(piece_lengths, len(stream), seq_len, limit)
     if len(starts) and starts[0] == 0 and starts[-1] == (len(starts) - 1) * seq_len:
         return stream[: len(starts) * seq_len].reshape(-1, seq_len)  # one contiguous run: stays a memmap view
     return np.asarray(stream[starts[:, None] + np.arange(seq_len)])  # (n_seqs, seq_len); at most limit rows
+
+
+def _load_splits(meta: dict, entry: Path, train_files, eval_list, tokenizer, bin_dtype, seq_len, limit):
+    """The (train, eval) sequences of a complete entry: arrays of the entry, or views of the domain's files."""
+    dtype = token_dtype(tokenizer)
+    streams: dict[str, TokenStream] = {}
+
+    def stream(source: str) -> TokenStream:
+        if source not in streams:
+            files = train_files if source == "files" else eval_list
+            streams[source] = TokenStream(_token_files(files, bin_dtype), dtype)
+        return streams[source]
+
+    if meta["train_source"] == "cache":
+        train = _as_sequences(entry / "train.npy", seq_len)
+    else:
+        train = SequenceView(stream("files"), meta["train_ranges"], seq_len)
+    piece_lengths = [length for _, length in meta["eval_pieces"]]
+    if meta["eval_source"] == "cache":
+        evals = _eval_sequences(entry / "eval.npy", piece_lengths, seq_len, limit)
+    else:
+        starts = _eval_starts(piece_lengths, meta["eval_stream_tokens"], seq_len, limit)
+        ranges = [(start, start + length) for start, length in meta["eval_pieces"]]
+        evals = SequenceView(stream(meta["eval_source"]), ranges, seq_len, offsets=starts).as_array_if_small()
+    return train, evals
 
 
 def _eval_warnings(name: str, meta: dict) -> list[str]:
@@ -412,26 +537,20 @@ def prepare_domain(
         log.info("domain %r: reusing cached tokens in %s", name, entry)
     else:
         started = time.perf_counter()
-        streams = _build_streams(name, train_files, eval_list, tokenizer, eval_fraction, text_field, seed, bin_dtype)
-        _check_sizes(name, len(streams.train), len(streams.eval), seq_len, eval_list is not None)
-        sizes = {"train": _save_atomic(entry / "train.npy", streams.train)}
+        meta = _build_entry(name, entry, train_files, eval_list, tokenizer, eval_fraction, text_field, seed,
+                            bin_dtype, seq_len)
+        meta["key"] = key_source
         fault_point("tokenize")
-        sizes["eval"] = _save_atomic(entry / "eval.npy", streams.eval)
-        meta = {
-            "name": name, "train_stream_tokens": len(streams.train), "eval_stream_tokens": len(streams.eval),
-            "eval_pieces": [[start, end - start] for start, end in streams.eval_pieces],
-            "eval_documents": streams.eval_documents, "key": key_source, "bytes": sizes,
-        }
         write_json(entry / "meta.json", meta)  # written last: its presence means the entry is complete
+        pieces = len(meta["eval_pieces"])
         log.info(
-            "domain %r: tokenized %d train + %d eval tokens (eval split in %d piece%s) in %.1fs",
-            name, len(streams.train), len(streams.eval), len(streams.eval_pieces),
-            "" if len(streams.eval_pieces) == 1 else "s", time.perf_counter() - started,
+            "domain %r: %s %d train + %d eval tokens (eval split in %d piece%s) in %.1fs", name,
+            "tokenized" if meta["train_source"] == "cache" else "checked", meta["train_stream_tokens"],
+            meta["eval_stream_tokens"], pieces, "" if pieces == 1 else "s", time.perf_counter() - started,
         )
     _check_sizes(name, meta["train_stream_tokens"], meta["eval_stream_tokens"], seq_len, eval_list is not None)
-    train_seqs = _as_sequences(entry / "train.npy", seq_len)
-    piece_lengths = [length for _, length in meta["eval_pieces"]]
-    eval_seqs = _eval_sequences(entry / "eval.npy", piece_lengths, seq_len, max_eval_sequences)
+    train_seqs, eval_seqs = _load_splits(meta, entry, train_files, eval_list, tokenizer, bin_dtype, seq_len,
+                                         max_eval_sequences)
     return TokenizedDomain(name, train_seqs, eval_seqs, int(train_seqs.size), int(eval_seqs.size), entry,
                            warnings=_eval_warnings(name, meta))
 

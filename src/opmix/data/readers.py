@@ -5,7 +5,9 @@ in the same order. Formats are chosen by suffix:
 
 - ``.jsonl`` / ``.json``: one JSON object per line, the document is its ``text_field``;
 - ``.parquet``: the document is the ``text_field`` column of each row;
-- ``.npy`` (1-D integer array) and ``.bin`` (raw integers, uint16 by default as in nanoGPT): pre-tokenized;
+- ``.npy`` (1-D integer array; without a NumPy header, as OLMo/Dolma write them, raw integers) and ``.bin`` (raw
+  integers, uint16 by default as in nanoGPT; a Megatron-LM indexed dataset when a ``.idx`` of the same prefix lies
+  beside it, which is then part of it): pre-tokenized, read in place (``opmix.data.token_views``);
 - anything else: a UTF-8 text file, one document per file.
 
 Text and JSONL files may be compressed: ``.gz`` (gzip), ``.bz2``, ``.xz``, and ``.zst`` (Zstandard, with the
@@ -92,6 +94,8 @@ def list_files(paths: str | Path | Iterable[str | Path]) -> list[Path]:
         raise OpmixError("no data paths given", "list at least one file or folder for the domain")
     files: list[Path] = []
     for path in paths:
+        if not path.exists() and _megatron_prefix(path):
+            path = Path(f"{path}.bin")  # a Megatron dataset named by its prefix, as Megatron-LM's data_path does
         if not path.exists():
             raise OpmixError(f"data path {path} does not exist", "check the path in the domain's file list")
         if path.is_file():
@@ -104,7 +108,24 @@ def list_files(paths: str | Path | Iterable[str | Path]) -> list[Path]:
         if not found:
             raise OpmixError(f"data folder {path} holds no files", "put text/JSONL/Parquet/.npy/.bin files in it")
         files.extend(found)
-    return files
+    return _fold_megatron_indexes(files)
+
+
+def _megatron_prefix(path: Path) -> bool:
+    return Path(f"{path}.bin").is_file() and Path(f"{path}.idx").is_file()
+
+
+def _fold_megatron_indexes(files: list[Path]) -> list[Path]:
+    """A Megatron ``PREFIX.idx`` is part of its ``PREFIX.bin``: listed (or found in a folder) it stands for the
+    ``.bin``, once."""
+    out, seen = [], set()
+    for path in files:
+        if path.suffix.lower() == ".idx" and path.with_suffix(".bin").is_file():
+            path = path.with_suffix(".bin")
+        if path not in seen:
+            seen.add(path)
+            out.append(path)
+    return out
 
 
 @dataclass(frozen=True)
@@ -206,7 +227,8 @@ def _read_error(path: Path, kind: FileKind, exc: BaseException) -> OpmixError:
 
 def _not_utf8(path: Path, kind: FileKind, offset: int) -> OpmixError:
     where = f"offset {offset}" if kind.compression is None else f"offset {offset} of its decompressed content"
-    return OpmixError(f"{path} is not UTF-8 text (bad byte at {where})", "convert it to UTF-8 or remove it from the domain")
+    return OpmixError(f"{path} is not UTF-8 text (bad byte at {where})",
+                      "convert it to UTF-8 or remove it from the domain")
 
 
 def _check_token_text_mix(files: list[Path], kinds: list[FileKind]) -> bool:
@@ -372,26 +394,32 @@ def inspect_sources(
 
 
 def _inspect_tokens(path: Path, bin_dtype: str | None) -> int | None:
-    try:
-        if path.suffix.lower() == ".npy":
-            array = np.load(path, mmap_mode="r", allow_pickle=False)  # reads the header only
-            if array.ndim != 1 or array.dtype.kind not in "iu":
-                raise OpmixError(f"{path} holds a {array.ndim}-D {array.dtype} array",
-                                 "store token ids as a 1-D integer array")
-            return int(array.size)
-        with path.open("rb"):  # readable
-            size = path.stat().st_size
-    except (OSError, ValueError) as exc:
-        raise OpmixError(f"cannot read token file {path}: {exc}", "check the file is a valid array") from exc
-    if bin_dtype is None:
+    """Tokens in a token file, from its header (``.npy``), its index (Megatron ``.bin`` + ``.idx``) or its size
+    (raw files; None when ``bin_dtype`` is None: not known)."""
+    from opmix.data.megatron import has_index
+    from opmix.data.token_views import open_token_file
+
+    raw = not (path.suffix.lower() == ".bin" and has_index(path)) and not _has_npy_header(path)
+    if raw and bin_dtype is None:
+        try:
+            with path.open("rb"):  # readable
+                pass
+        except OSError as exc:
+            raise OpmixError(f"cannot read token file {path}: {exc}", "check the file is a valid array") from exc
         return None
-    dtype = np.dtype(bin_dtype)
-    if size % dtype.itemsize:
-        raise OpmixError(
-            f"{path} has {size} bytes, not a multiple of {dtype} ({dtype.itemsize} bytes)",
-            "set bin_dtype to the dtype the file was written with",
-        )
-    return size // dtype.itemsize
+    return open_token_file(path, bin_dtype or "uint16").size
+
+
+def _has_npy_header(path: Path) -> bool:
+    from opmix.data.token_views import NPY_MAGIC
+
+    if path.suffix.lower() != ".npy":
+        return False
+    try:
+        with path.open("rb") as handle:
+            return handle.read(len(NPY_MAGIC)) == NPY_MAGIC
+    except OSError:
+        return True  # open_token_file names the problem
 
 
 def _text_size_bound(path: Path, kind: FileKind) -> int | None:
@@ -438,32 +466,16 @@ def _inspect_text(path: Path, kind: FileKind, text_field: str) -> tuple[int | No
 
 
 def read_token_arrays(paths: str | Path | Sequence[str | Path], bin_dtype: str = "uint16") -> list[np.ndarray]:
-    """Load pre-tokenized files: ``.npy`` 1-D integer arrays, ``.bin`` raw ``bin_dtype`` integers (memory-mapped)."""
+    """Memory-map pre-tokenized files: ``.npy`` 1-D integer arrays (a ``.npy`` without NumPy header, as OLMo
+    writes them, is raw ``bin_dtype``), ``.bin`` raw ``bin_dtype`` integers, or a Megatron ``.bin`` (an ``.idx``
+    beside it gives the dtype). Negative ids are refused; the files are checked in bounded chunks."""
+    from opmix.data.token_views import open_token_file
+
     arrays = []
     for path in list_files(paths):
-        suffix = path.suffix.lower()
         file_kind(path)  # a compressed token array or an archive: the error names how to unpack it
-        try:
-            if suffix == ".npy":
-                array = np.load(path, mmap_mode="r", allow_pickle=False)
-            elif suffix == ".bin":
-                dtype = np.dtype(bin_dtype)
-                if path.stat().st_size % dtype.itemsize:
-                    raise OpmixError(
-                        f"{path} has {path.stat().st_size} bytes, not a multiple of {dtype} ({dtype.itemsize} bytes)",
-                        "set bin_dtype to the dtype the file was written with",
-                    )
-                array = np.memmap(path, dtype=dtype, mode="r") if path.stat().st_size else np.zeros(0, dtype)
-            else:
-                raise OpmixError(f"{path} is not a token array (.npy/.bin)", "read it with read_documents")
-        except (OSError, ValueError) as exc:
-            raise OpmixError(f"cannot read token file {path}: {exc}", "check the file is a valid array") from exc
-        if array.ndim != 1 or array.dtype.kind not in "iu":
-            raise OpmixError(
-                f"{path} holds a {array.ndim}-D {array.dtype} array",
-                "store token ids as a 1-D integer array",
-            )
-        if array.dtype.kind == "i" and array.size and int(array.min()) < 0:
+        token_file = open_token_file(path, bin_dtype)
+        if token_file.dtype.kind == "i" and any(int(part.min()) < 0 for _, part in token_file.chunks() if part.size):
             raise OpmixError(f"{path} holds negative token ids", "store token ids >= 0")
-        arrays.append(array)
+        arrays.append(token_file.memmap())
     return arrays

@@ -153,6 +153,18 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
         shutil.rmtree(old, ignore_errors=True)
 
 
+@contextlib.contextmanager
+def storage_errors(path: str | os.PathLike) -> Iterator[None]:
+    """For files written outside these writers (a scratch file): a full disk, a read-only or unwritable folder
+    becomes the same one-line error naming ``path`` and the fix."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno in _STORAGE_ERRNOS:
+            raise _user_error(Path(path), exc) from exc
+        raise
+
+
 def remove_leftovers(root: str | os.PathLike) -> int:
     """Delete temp files/folders under ``root`` left by killed writers; returns how many were removed.
 

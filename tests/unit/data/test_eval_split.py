@@ -116,7 +116,8 @@ def test_pretokenized_stream_with_separators_holds_out_whole_documents(tok, tmp_
     for start, length in info["eval_pieces"]:
         assert start == 0 or stream[start - 1] == EOS  # a piece starts a document ...
         assert stream[start + length - 1] == EOS  # ... and ends one
-    evals = np.load(dom.path / "eval.npy")
+    evals = np.concatenate([stream[start:start + length] for start, length in info["eval_pieces"]])
+    assert not (dom.path / "eval.npy").exists()  # read in place: the entry holds no copy of the tokens
     assert info["eval_documents"] == int(np.sum(evals == EOS)) and 0.05 < len(evals) / len(stream) < 0.2
     assert dom.warnings == []
 
