@@ -55,15 +55,8 @@ from pathlib import Path
 import numpy as np
 
 from opmix.data.readers import is_pretokenized, list_files, read_documents
-from opmix.data.token_views import (
-    Boundaries,
-    ByteProgress,
-    SequenceView,
-    TokenFile,
-    TokenStream,
-    open_token_file,
-    scan_stream,
-)
+from opmix.data.token_files import TokenFile, TokenStream, open_token_file
+from opmix.data.token_views import Boundaries, ByteProgress, SequenceView, scan_stream
 from opmix.data.tokenize_parallel import (
     SplitWriter,
     encode_to_file,

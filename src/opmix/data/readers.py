@@ -397,7 +397,7 @@ def _inspect_tokens(path: Path, bin_dtype: str | None) -> int | None:
     """Tokens in a token file, from its header (``.npy``), its index (Megatron ``.bin`` + ``.idx``) or its size
     (raw files; None when ``bin_dtype`` is None: not known)."""
     from opmix.data.megatron import has_index
-    from opmix.data.token_views import open_token_file
+    from opmix.data.token_files import open_token_file
 
     raw = not (path.suffix.lower() == ".bin" and has_index(path)) and not _has_npy_header(path)
     if raw and bin_dtype is None:
@@ -411,7 +411,7 @@ def _inspect_tokens(path: Path, bin_dtype: str | None) -> int | None:
 
 
 def _has_npy_header(path: Path) -> bool:
-    from opmix.data.token_views import NPY_MAGIC
+    from opmix.data.token_files import NPY_MAGIC
 
     if path.suffix.lower() != ".npy":
         return False
@@ -469,7 +469,7 @@ def read_token_arrays(paths: str | Path | Sequence[str | Path], bin_dtype: str =
     """Memory-map pre-tokenized files: ``.npy`` 1-D integer arrays (a ``.npy`` without NumPy header, as OLMo
     writes them, is raw ``bin_dtype``), ``.bin`` raw ``bin_dtype`` integers, or a Megatron ``.bin`` (an ``.idx``
     beside it gives the dtype). Negative ids are refused; the files are checked in bounded chunks."""
-    from opmix.data.token_views import open_token_file
+    from opmix.data.token_files import open_token_file
 
     arrays = []
     for path in list_files(paths):

@@ -16,7 +16,8 @@ from opmix.data import cache as cache_module
 from opmix.data import token_views
 from opmix.data.cache import MIN_PIECE_TOKENS, prepare_domain
 from opmix.data.readers import list_files, read_token_arrays
-from opmix.data.token_views import SequenceView, TokenStream, open_token_file
+from opmix.data.token_files import TokenStream, open_token_file
+from opmix.data.token_views import SequenceView
 from opmix.errors import OpmixError
 
 EOS = 256
