@@ -183,6 +183,7 @@ class OPMixCallback(TrainerCallback):
         if not folder.is_dir():
             log.warning("OPMixCallback: no checkpoint folder %s; the mixing history is not saved there", folder)
             return
+        from opmix.run import processes
         from opmix.run.atomic import write_json
 
         trained = state.global_step * args.gradient_accumulation_steps * args.train_batch_size
@@ -192,7 +193,8 @@ class OPMixCallback(TrainerCallback):
             position = None
             log.warning("OPMixCallback: the dataset's position is not saved (%s)", error.problem)
         if position is not None:
-            write_json(folder / DATASET_FILE.format(rank=args.process_index), position)
+            with processes.own_writes():  # each rank's own position file
+                write_json(folder / DATASET_FILE.format(rank=args.process_index), position)
         if state.is_world_process_zero:
             write_json(folder / STATE_FILE, self.state_dict())
 

@@ -31,7 +31,6 @@ from opmix.model import (
     model_vocab_size,
 )
 from opmix.probes.cache import ProbeCache, cache_folder
-from opmix.run import processes
 from opmix.run.ledger import ComputeLedger, count_params, eval_flops
 from opmix.run.rundir import RunDir
 from opmix.train.loop import make_accelerator
@@ -195,13 +194,12 @@ def open_workspace(
     tokenizer = check_inputs(model, domains, data, tokenizer_spec)  # before tokenizing anything
     accelerator = make_accelerator(train.precision)  # also before: bf16 without CUDA is a bad input
     cache_dir = Path(data.cache_dir) if data.cache_dir else run.path("cache")
-    with processes.main_first():  # rank 0 tokenizes and fills the cache, the other processes then read it
-        tokenized = load_domains(
-            {d.name: d.files for d in domains}, tokenizer, data.seq_len, cache_dir,
-            eval_fraction=data.eval_fraction, eval_files={d.name: d.eval_files for d in domains if d.eval_files},
-            text_field={d.name: d.text_field for d in domains}, seed=seed, bin_dtype=data.bin_dtype,
-            max_eval_sequences=data.max_eval_sequences,
-        )
+    tokenized = load_domains(
+        {d.name: d.files for d in domains}, tokenizer, data.seq_len, cache_dir,
+        eval_fraction=data.eval_fraction, eval_files={d.name: d.eval_files for d in domains if d.eval_files},
+        text_field={d.name: d.text_field for d in domains}, seed=seed, bin_dtype=data.bin_dtype,
+        max_eval_sequences=data.max_eval_sequences,
+    )
     notes = [warning for domain in tokenized.values() for warning in domain.warnings]
     for note in notes:
         log.warning("%s", note)

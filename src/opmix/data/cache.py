@@ -64,6 +64,7 @@ from opmix.data.tokenize_parallel import (
     write_shuffled,
 )
 from opmix.errors import OpmixError
+from opmix.run import processes
 from opmix.run.atomic import TEMP_MARK, atomic_file, storage_errors, write_json
 from opmix.run.faults import fault_point
 from opmix.run.processes import writes_here
@@ -578,14 +579,15 @@ def load_domains(
         if unknown:
             raise OpmixError(f"{what} name unknown domain(s) {unknown}; domains: {list(domains)}",
                              f"key {what} by the domain names given")
-    return {
-        name: prepare_domain(
-            name, files, tokenizer, seq_len, cache_dir, eval_files=eval_files.get(name) or None,
-            eval_fraction=eval_fraction, text_field=fields.get(name, "text"), seed=seed, bin_dtype=bin_dtype,
-            max_eval_sequences=max_eval_sequences,
-        )
-        for name, files in domains.items()
-    }
+    with processes.main_first():  # rank 0 of a multi-process run fills the cache, then the others read it
+        return {
+            name: prepare_domain(
+                name, files, tokenizer, seq_len, cache_dir, eval_files=eval_files.get(name) or None,
+                eval_fraction=eval_fraction, text_field=fields.get(name, "text"), seed=seed, bin_dtype=bin_dtype,
+                max_eval_sequences=max_eval_sequences,
+            )
+            for name, files in domains.items()
+        }
 
 
 def train_sets(domains: Mapping) -> dict[str, np.ndarray]:

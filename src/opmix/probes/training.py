@@ -88,6 +88,7 @@ def train_probe(
     """
     from opmix.data.cache import train_sets
     from opmix.probes.lora import load_probe, save_probe
+    from opmix.run import processes
     from opmix.train.loop import make_accelerator
 
     if isinstance(model, (str, Path)):
@@ -106,9 +107,10 @@ def train_probe(
     peft_model = trainer.unwrapped_model()
     device = next(peft_model.parameters()).device
     if out is not None:
-        save_probe(peft_model, out)
+        save_probe(peft_model, out)  # by rank 0 of a multi-process job; the others wait for it
+        processes.barrier()
         return load_probe(out, device=device)
-    with tempfile.TemporaryDirectory(prefix="opmix-probe-") as scratch:  # the same files a saved probe has
+    with tempfile.TemporaryDirectory(prefix="opmix-probe-") as scratch, processes.own_writes():  # this process's
         save_probe(peft_model, Path(scratch) / "adapter")
         return load_probe(Path(scratch) / "adapter", device=device)
 
