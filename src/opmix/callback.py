@@ -28,6 +28,7 @@ hold every rank's dataset position.
 
 from __future__ import annotations
 
+import copy
 import csv
 import json
 import logging
@@ -187,11 +188,15 @@ class OPMixCallback(TrainerCallback):
         from opmix.run.atomic import write_json
 
         trained = state.global_step * args.gradient_accumulation_steps * args.train_batch_size
-        try:
-            position = self.dataset.state_dict(consumed=trained)
-        except OpmixError as error:
-            position = None
-            log.warning("OPMixCallback: the dataset's position is not saved (%s)", error.problem)
+        dispatched = _dispatched(args)
+        if dispatched:  # rank 0's dataset fed every process (accelerate's dispatcher); the others' were not read
+            trained *= args.world_size
+        position = None
+        if not dispatched or state.is_world_process_zero:
+            try:
+                position = self.dataset.state_dict(consumed=trained)
+            except OpmixError as error:
+                log.warning("OPMixCallback: the dataset's position is not saved (%s)", error.problem)
         if position is not None:
             with processes.own_writes():  # each rank's own position file
                 write_json(folder / DATASET_FILE.format(rank=args.process_index), position)
@@ -204,6 +209,7 @@ class OPMixCallback(TrainerCallback):
         from opmix.probes.proxy import proxy_losses, proxy_points
         from opmix.probes.training import train_probe
         from opmix.propose import repetition_caps
+        from opmix.run import processes
         from opmix.run.ledger import law_fit_flops
         from opmix.search import fit_and_propose
 
@@ -222,7 +228,11 @@ class OPMixCallback(TrainerCallback):
         ]
         X = proxy_points(len(self.components), self.n_proxies, seed=self.seed + step)
         eval_names = list(self.eval_sets)
-        Y = proxy_losses(model, probes, X, self.eval_sets, self.eval_batch_size)
+        # Under DDP the proxies go on a copy: evaluating them on the live model (its layers parametrized, then
+        # restored) left the processes' models drifting apart in later steps (tests/distributed/test_callback_ddp.py)
+        target = copy.deepcopy(model) if processes.world_size() > 1 else model
+        Y = proxy_losses(target, probes, X, self.eval_sets, self.eval_batch_size)
+        del target
         caps = None
         if self.repetition_factor is not None and args is not None:
             # Olmix caps on the expanded domain weights (`old` draws from every domain in p's proportions), over the
@@ -370,16 +380,19 @@ class OPMixCallback(TrainerCallback):
         self.search_flops = float(state["search_flops"])
         self.search_seconds = float(state.get("search_seconds", 0.0))
 
-    def load(self, checkpoint, rank: int = 0) -> None:
-        """Restore the history, the searches and this rank's dataset position from a checkpoint folder."""
+    def load(self, checkpoint, rank: int = 0, position: bool = True) -> None:
+        """Restore the history, the searches and this rank's dataset position (``position``; else only the last
+        mixture) from a checkpoint folder."""
         folder = Path(checkpoint)
         state_file = folder / STATE_FILE
         if not state_file.is_file():
             raise OpmixError(f"{folder} holds no {STATE_FILE}", "resume from a checkpoint the callback saved")
         self.load_state_dict(json.loads(state_file.read_text()))
-        position = folder / DATASET_FILE.format(rank=rank)
-        if position.is_file():
-            self.dataset.load_state_dict(json.loads(position.read_text()))
+        saved = folder / DATASET_FILE.format(rank=rank)
+        if position and saved.is_file():
+            self.dataset.load_state_dict(json.loads(saved.read_text()))
+        elif not position:
+            self.dataset.set_weights(self._history[-1]["weights"])
         else:
             log.warning("OPMixCallback: %s has no dataset position; continuing from the last mixture", folder)
             self.dataset.set_weights(self._history[-1]["weights"])
@@ -391,10 +404,19 @@ class OPMixCallback(TrainerCallback):
         candidates.append(Path(args.output_dir) / f"checkpoint-{state.global_step}")
         for folder in candidates:
             if (folder / STATE_FILE).is_file():
-                self.load(folder, rank=args.process_index)
+                # with the dispatcher only rank 0's dataset is read: the others take the mixture, not a position
+                self.load(folder, rank=args.process_index,
+                          position=not (_dispatched(args) and not state.is_world_process_zero))
                 log.info("OPMixCallback: restored %d history entries from %s", len(self._history), folder)
                 return
         log.warning("OPMixCallback: resuming at step %d but no %s was found in %s; the mixing history starts "
                     "here with the dataset's current weights", state.global_step, STATE_FILE,
                     ", ".join(map(str, candidates)))
         self._record({"step": state.global_step, "event": "start", "weights": self.dataset.weights})
+
+
+def _dispatched(args) -> bool:
+    """Whether accelerate's dispatcher feeds every process from rank 0's dataset (its default for an iterable
+    dataset under several processes; ``accelerator_config.dispatch_batches=False`` makes each process read its own)."""
+    config = getattr(args, "accelerator_config", None)
+    return getattr(args, "world_size", 1) > 1 and getattr(config, "dispatch_batches", None) is not False

@@ -85,7 +85,14 @@ def from_main(compute: Callable[[], T]) -> T:
 
 @contextlib.contextmanager
 def main_first() -> Iterator[None]:
-    """Rank 0 runs the block first (e.g. filling a cache), then the others (finding it filled)."""
+    """Rank 0 runs the block first (e.g. filling a cache), then the others (finding it filled). Before the
+    launcher's processes have met (no process group yet: a library user's script, before its Trainer starts
+    ``torch.distributed``), they cannot wait for each other: each runs the block and writes its own results (atomic
+    writes of the same content)."""
+    if _distributed() is None:
+        with own_writes():
+            yield
+        return
     if not is_main():
         barrier()
     yield
