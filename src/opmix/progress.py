@@ -17,6 +17,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from opmix.run.processes import is_main
+
 log = logging.getLogger("opmix.progress")
 
 PROGRESS_FILE = "progress.json"
@@ -29,8 +31,6 @@ _settings = {"interval": 30.0, "bars": None, "run_root": None}
 def configure(quiet: bool = False, verbose: bool = False, interval: float | None = None) -> None:
     """The CLI's console: warnings only (``quiet``), milestones (default) or everything (``verbose``); bars when
     stderr is a terminal and not quiet, plain progress lines every ``interval`` seconds otherwise."""
-    from opmix.run.processes import is_main
-
     level = logging.WARNING if quiet else logging.DEBUG if verbose else logging.INFO
     if not is_main():  # the processes of one run: rank 0 speaks for them, the others only of their errors
         quiet, level = True, logging.ERROR
@@ -74,8 +74,6 @@ class _StderrHandler(logging.StreamHandler):
 def run_log(root: Path) -> Iterator[None]:
     """While a run holds ``root``: its log lines (all of opmix's, every level from INFO) also go to ``run.log``, and
     progress to ``progress.json``."""
-    from opmix.run.processes import is_main
-
     if not is_main():  # one writer: rank 0's log is the run's
         yield
         return
@@ -156,16 +154,12 @@ class Progress:
                 + (f", ETA {format_seconds(eta)}" if eta is not None and self.done < self.total else ""))
 
     def _bars_on(self) -> bool:
-        from opmix.run.processes import is_main
-
         bars = _settings["bars"]
         if not is_main():
             return False
         return _is_terminal(sys.stderr) if bars is None else bars  # a library user: bars on a terminal
 
     def _write_state(self, force: bool = False, finished: bool = False) -> None:
-        from opmix.run.processes import is_main
-
         root = _settings["run_root"] if is_main() else None  # rank 0's progress only, even in its own writes
         now = time.perf_counter()
         if root is None or not (force or now - self._last_write >= min(_WRITE_EVERY_S, _settings["interval"])):

@@ -181,15 +181,13 @@ def _train_probe_here(ws: Workspace, job: ProbeJob, accelerator, accumulate: int
     if resumable(checkpoint):
         trainer.load(checkpoint)
     trainer.train_until(job.steps, checkpoint, ws.train.checkpoint_every)
-    sharded = getattr(accelerator, "shards_parameters", False)
-    weights = trainer.trainable_state() if sharded else None  # every process takes part in gathering the shards
+    weights = trainer.trainable_state() if trainer.sharded else None  # every process gathers the shards
     if accelerator.is_main_process:  # one writer: data-parallel ranks hold the same adapter
         save_probe(trainer.unwrapped_model(), ws.run.path(job.step, "adapter"), state_dict=weights)
     accelerator.wait_for_everyone()
     tokens = trainer.tokens_trained
     flops = lora_train_flops(ws.n_params, lora_parameter_count(trainer.unwrapped_model()), tokens)
-    return {"flops": flops, "kinds": {"train": flops, **learner_kinds(ws, trainer)}, "seconds": trainer.seconds,
-            "tokens": tokens}
+    return {"kinds": {"train": flops, **learner_kinds(ws, trainer)}, "seconds": trainer.seconds, "tokens": tokens}
 
 
 def _record_probe(ws: Workspace, job: ProbeJob, cached: tuple, result: dict) -> None:

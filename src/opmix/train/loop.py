@@ -138,7 +138,7 @@ class Trainer:
         optimizer = torch.optim.AdamW(groups, lr=lr, betas=betas, foreach=True)
         self.model, self.optimizer = accelerator.prepare(model, optimizer)
         self._params = [p for p in self.model.parameters() if p.requires_grad]  # FSDP replaces them with shards
-        self._sharded = getattr(accelerator, "shards_parameters", False)
+        self.sharded = getattr(accelerator, "shards_parameters", False)  # FSDP: whole tensors must be gathered
 
     def train_until(
         self,
@@ -215,7 +215,7 @@ class Trainer:
         """The trainable weights, whole (on rank 0 only when sharded). Every process must call it."""
         from opmix.train.checkpoint import trainable_state
 
-        if self._sharded:
+        if self.sharded:
             return self.accelerator.trainable_state(self.model)
         return trainable_state(self.unwrapped_model())
 
@@ -259,7 +259,7 @@ class Trainer:
 
             ranks = gather_object([self._rng])
         weights = self.trainable_state()  # every process takes part: sharded weights are gathered to rank 0
-        optimizer_state = self.accelerator.optimizer_state(self.model, self.optimizer) if self._sharded else None
+        optimizer_state = self.accelerator.optimizer_state(self.model, self.optimizer) if self.sharded else None
         if self.accelerator.is_main_process:
             loop_state = {
                 "step": self.step,
@@ -279,7 +279,7 @@ class Trainer:
         """Restore a checkpoint. ``weights_only`` keeps this trainer's fresh optimizer, sampler and learner state
         (a new branch: e.g. an SDFT teacher then starts again from the loaded weights)."""
         assign = None
-        if self._sharded:
+        if self.sharded:
             def assign(weights, optimizer_state):
                 self.accelerator.load_state(self.model, self.optimizer, weights, optimizer_state)
         loop_state = load_trainer_checkpoint(
